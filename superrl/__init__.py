@@ -1,0 +1,1 @@
+"""SuperRL-Megatron: hybrid RL + supervised post-training on megatron-core."""
