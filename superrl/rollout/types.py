@@ -1,0 +1,43 @@
+"""The rollout engine contract (SPEC 7.2), shared by the embedded and the vLLM engines."""
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Protocol
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """Field names follow vLLM's SamplingParams so configs and code carry over unchanged."""
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0: disabled, as in vLLM
+    max_tokens: int = 16
+    stop_token_ids: list = field(default_factory=list)
+    seed: Optional[int] = None
+    logprobs: Optional[int] = None  # return sampled-token log-probs when not None (we always do)
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class Completion:
+    token_ids: list
+    logprobs: list  # log pi(token) under the raw (temperature-1, unfiltered) distribution
+    finish_reason: str  # "stop" (stop token sampled, included in token_ids) or "length"
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_token_ids: list, params: SamplingParams) -> list:
+        """Return, per prompt, `params.n` Completions."""
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load full (unsharded) tensors named as in the HF checkpoint."""
