@@ -1,4 +1,28 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))
+sys.path.insert(0, str(TESTS_DIR.parent / "tools"))
+
+
+def _make_tiny(tmp_path_factory, arch: str, *extra) -> str:
+    import make_tiny_model
+
+    out = tmp_path_factory.mktemp(f"tiny_{arch}") / "model"
+    make_tiny_model.main(["--arch", arch, "--out-dir", str(out), *extra])
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """Llama-style: tied embeddings, GQA (4 heads, 2 KV heads), hidden 64, 2 layers, vocab 512."""
+    return _make_tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> str:
+    """Qwen2-style: qkv bias, untied embeddings, GQA, hidden 64, 2 layers, vocab 512."""
+    return _make_tiny(tmp_path_factory, "qwen2")

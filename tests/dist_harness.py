@@ -48,10 +48,12 @@ def _script_cmd(script: str, args) -> list:
     return [str(path), *[str(a) for a in args]]
 
 
-def _check(proc_outputs, timeout):
+def _check(proc_outputs):
     for rc, out in proc_outputs:
         if rc != 0:
-            raise AssertionError(f"torchrun exited {rc}:\n{out[-6000:]}")
+            # Worker tracebacks come first; torchrun's own summary trails them.
+            lines = [ln for ln in out.splitlines() if "warn" not in ln.lower()]
+            raise AssertionError(f"torchrun exited {rc}:\n" + "\n".join(lines)[-8000:])
 
 
 def run_torchrun(script: str, nproc: int, args=(), timeout: float = 600) -> list:
@@ -61,7 +63,7 @@ def run_torchrun(script: str, nproc: int, args=(), timeout: float = 600) -> list
                f"--nproc-per-node={nproc}", *_script_cmd(script, args)]
         proc = subprocess.run(cmd, env=_env(result_dir), capture_output=True, text=True,
                               timeout=timeout, cwd=REPO_ROOT)
-        _check([(proc.returncode, proc.stdout + proc.stderr)], timeout)
+        _check([(proc.returncode, proc.stdout + proc.stderr)])
         return _collect(result_dir, nproc)
 
 
@@ -85,7 +87,7 @@ def run_torchrun_multinode(script: str, nnodes: int, nproc_per_node: int, args=(
         for p in procs:
             out, _ = p.communicate(timeout=timeout)
             outputs.append((p.returncode, out))
-        _check(outputs, timeout)
+        _check(outputs)
         return _collect(result_dir, nnodes * nproc_per_node)
 
 

@@ -1,0 +1,20 @@
+"""Patch 5: `Tensor.cuda()` calls on code paths we use; `.cuda()` raises without CUDA.
+
+Tensor methods cannot be redirected through megatron's module-local `torch` (patch 2), so the few
+functions that call them are recompiled with `.cuda()` replaced by a no-op move to the CPU.
+"""
+from ._core import rewrite_function
+
+REWRITES = [
+    # Tied embeddings at PP > 1: first and last stage all-reduce the shared weight.
+    ("megatron.core.models.common.language_module.language_module",
+     "LanguageModule.setup_embeddings_and_output_layer",
+     [("weight.data = weight.data.cuda()", "weight.data = weight.data.cpu()")]),
+    ("megatron.core.tensor_parallel.data", "broadcast_data",
+     [("data[key].cuda()", "data[key].cpu()")]),
+]
+
+
+def apply() -> None:
+    for module_name, qualname, replacements in REWRITES:
+        rewrite_function(module_name, qualname, replacements)

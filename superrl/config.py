@@ -1,0 +1,223 @@
+"""The one config schema: typed dataclasses, loaded from YAML with dotted `key=value` overrides.
+
+Everything is validated before any process group exists, with errors that name the values.
+"""
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the value."""
+
+
+@dataclass
+class ModelConfig:
+    hf_dir: str = ""  # tokenizer + architecture; initial weights unless megatron_dir is set
+    megatron_dir: Optional[str] = None
+    vocab_pad_multiple: int = 128  # TP-independent padding keeps checkpoints reshardable
+    fp8_output_layer: bool = False
+    fp8_amax_history: int = 16
+    logprob_chunk_size: Optional[int] = None  # tokens per chunk of the fused output layer
+    transformer_engine: str = "auto"  # auto | on | off
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+
+
+@dataclass
+class DataConfig:
+    train_files: list = field(default_factory=list)
+    eval_files: list = field(default_factory=list)
+    max_prompt_len: int = 256
+    prompt_template: str = "chat"  # chat | plain
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "embedded"  # embedded | vllm
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 64
+    max_batch_size: int = 64
+    sync_bucket_mb: int = 64
+
+
+@dataclass
+class RewardConfig:
+    function: Optional[str] = None  # module:function, overrides the per-source default
+    timeout_s: float = 10.0
+
+
+@dataclass
+class SwitchConfig:
+    mode: str = "per_prompt"  # off | probe | per_prompt | adv_gate | window | always_sft
+    eps: float = 0.0
+    probe_prompts: int = 64
+    probe_threshold: float = 0.1
+    tau_on: float = 0.1
+    tau_off: float = 0.3
+    ema_decay: float = 0.9
+    per_source: bool = False
+
+
+@dataclass
+class HybridConfig:
+    weighting: str = "hard_gate"  # hard_gate | fixed | log_sigma | entropy
+    sft_coef: float = 1.0
+    log_sigma_floor: float = -5.0
+    entropy_alpha: float = 1.0
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    norm_by_std: bool = True
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: Optional[float] = None
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_sum | seq_mean_token_mean
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = False
+    entropy_coef: float = 0.0
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 0
+    micro_batch_size: int = 8  # sequences per forward/backward
+    use_distributed_optimizer: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    seed: int = 0
+    total_steps: int = 100
+    prompts_per_step: int = 8
+    save_every: int = 0  # 0: only at the end
+    eval_every: int = 0
+    keep_last: int = 3
+    run_dir: str = "runs/default"
+    resume: bool = False
+    resume_from: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+CHOICES = {
+    "model.transformer_engine": ("auto", "on", "off"),
+    "data.prompt_template": ("chat", "plain"),
+    "rollout.engine": ("embedded", "vllm"),
+    "algorithm.advantage": ("grpo", "rloo", "reinforce_pp"),
+    "algorithm.loss_agg": ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean"),
+    "algorithm.kl_estimator": ("k1", "k2", "k3"),
+    "algorithm.switch.mode": ("off", "probe", "per_prompt", "adv_gate", "window", "always_sft"),
+    "algorithm.hybrid.weighting": ("hard_gate", "fixed", "log_sigma", "entropy"),
+}
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    if value is None:
+        if typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint):
+            return None
+        raise ConfigError(f"{key} must not be null")
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    base = typing.get_origin(base) or base
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is list and isinstance(value, (str, tuple)):
+        return [value] if isinstance(value, str) else list(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be of type {base.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: Optional[str] = None, overrides=()) -> Config:
+    """YAML file (optional) + dotted overrides such as `parallel.tp=2` -> validated-shape Config."""
+    base = OmegaConf.load(path) if path else OmegaConf.create({})
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+    config = _build(Config, OmegaConf.to_container(merged, resolve=True), "")
+    check_choices(config)
+    return config
+
+
+def get_key(config: Config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_choices(config: Config) -> None:
+    for key, allowed in CHOICES.items():
+        if get_key(config, key) not in allowed:
+            raise ConfigError(f"{key}={get_key(config, key)!r} is not one of {', '.join(allowed)}")
+
+
+def validate_parallelism(config: Config, arch, world_size: int) -> None:
+    """Checks that need the model shape (a ModelArch) and the world size; run before any process group."""
+    tp, pp = config.parallel.tp, config.parallel.pp
+    if tp < 1 or pp < 1:
+        raise ConfigError(f"parallel.tp={tp} and parallel.pp={pp} must both be >= 1")
+    vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
+    if arch.num_heads % tp:
+        raise ConfigError(f"parallel.tp={tp} does not divide num_attention_heads={arch.num_heads}")
+    if arch.num_kv_heads % tp:
+        raise ConfigError(f"parallel.tp={tp} does not divide num_key_value_heads={arch.num_kv_heads}")
+    if vocab % tp:
+        raise ConfigError(f"parallel.tp={tp} does not divide the padded vocab size {vocab} "
+                          f"(vocab_size={arch.vocab_size}, model.vocab_pad_multiple="
+                          f"{config.model.vocab_pad_multiple})")
+    if arch.num_layers % pp:
+        raise ConfigError(f"parallel.pp={pp} does not divide num_hidden_layers={arch.num_layers}")
+    if world_size % (tp * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by parallel.tp x parallel.pp "
+                          f"= {tp} x {pp} = {tp * pp}")

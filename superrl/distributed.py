@@ -1,0 +1,104 @@
+"""Process-group start-up: torchrun's environment (or a lone process), megatron parallel state.
+
+nccl on GPU, gloo on CPU (with megatron_patches applied). The layout is megatron's default order
+tp-cp-ep-dp-pp: TP ranks are adjacent (inside a node), PP stages furthest apart.
+"""
+import datetime
+import os
+import random
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import megatron_patches
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    rank: int
+    world_size: int
+    tp_rank: int
+    tp_size: int
+    pp_rank: int
+    pp_size: int
+    dp_rank: int
+    dp_size: int
+    device: torch.device
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_logging_rank(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_env_for_single_process() -> None:
+    """Let `python -m superrl.train` run without torchrun, as a world of one."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(tp: int, pp: int, seed: int, timeout_s: float = 600.0) -> ParallelContext:
+    """Create the default group and megatron's TP/PP/DP groups; seed every RNG per rank."""
+    _ensure_env_for_single_process()
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    else:
+        megatron_patches.apply()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    from megatron.core import parallel_state as mpu
+
+    if not mpu.model_parallel_is_initialized():
+        mpu.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    ctx = ParallelContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(),
+        tp_rank=mpu.get_tensor_model_parallel_rank(), tp_size=tp,
+        pp_rank=mpu.get_pipeline_model_parallel_rank(), pp_size=pp,
+        dp_rank=mpu.get_data_parallel_rank(), dp_size=mpu.get_data_parallel_world_size(),
+        device=torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu"),
+    )
+    seed_everything(seed)
+    return ctx
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: CPU-initialised weights and sampling agree across ranks, and
+    megatron's tracker derives the per-TP-rank streams (dropout) from it."""
+    from megatron.core import tensor_parallel
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    torch.manual_seed(seed)  # after: on CPU the call above reseeded the shared CPU generator
+
+
+def destroy_distributed() -> None:
+    from megatron.core import parallel_state as mpu
+
+    mpu.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

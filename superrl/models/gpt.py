@@ -1,0 +1,84 @@
+"""The policy model: megatron-core's GPTModel for Llama/Qwen2 architectures, one PP stage per rank.
+
+On the last stage, given targets, the forward returns per-token (log-prob, entropy) computed by the
+fused output-layer kernel instead of logits, so full-vocab logits never exist during training.
+"""
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state as mpu
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer import TransformerConfig
+
+from superrl.models.architecture import ModelArch
+from superrl.ops import fused_linear_logprobs_and_entropy
+
+
+def use_transformer_engine(setting: str) -> bool:
+    """`model.transformer_engine`: auto (TE when importable and on GPU), on, off."""
+    available = importlib.util.find_spec("transformer_engine") is not None and torch.cuda.is_available()
+    if setting == "on" and not available:
+        raise RuntimeError("model.transformer_engine=on but transformer_engine (with CUDA) is not "
+                           "available; install the `gpu` extra or set model.transformer_engine=auto")
+    return available and setting != "off"
+
+
+def transformer_config(arch: ModelArch, tp: int, pp: int) -> TransformerConfig:
+    on_gpu = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=arch.num_layers, hidden_size=arch.hidden_size, num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_kv_heads, kv_channels=arch.head_dim,
+        ffn_hidden_size=arch.ffn_hidden_size, normalization="RMSNorm", layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=arch.qkv_bias,
+        hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        params_dtype=torch.float32, pipeline_dtype=torch.float32,
+        use_cpu_initialization=not on_gpu, perform_initialization=True,
+        # Fused kernels are CUDA-only; the unfused paths are what CPU runs and tests compare.
+        bias_activation_fusion=False, bias_dropout_fusion=False, masked_softmax_fusion=False,
+        persist_layer_norm=False, apply_rope_fusion=False, gradient_accumulation_fusion=False,
+        # Our losses arrive already normalised by global counts: no per-micro-batch averaging.
+        calculate_per_token_loss=True,
+    )
+
+
+class PolicyModel(GPTModel):
+    """GPTModel whose last stage returns (logprobs, entropy) [b, s] when called with `labels`."""
+
+    logprob_chunk_size = None
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        if not self.post_process or labels is None:
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        weight = (self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights
+                  else self.output_layer.weight)
+        b, s = labels.shape
+        hidden = hidden_states.transpose(0, 1).reshape(b * s, -1)
+        logprobs, entropy = fused_linear_logprobs_and_entropy(
+            hidden, weight, labels.reshape(-1), tp_group=mpu.get_tensor_model_parallel_group(),
+            chunk_size=self.logprob_chunk_size)
+        return logprobs.view(b, s), entropy.view(b, s)
+
+
+def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
+                       transformer_engine: str = "auto") -> PolicyModel:
+    """This rank's PP stage of the model (parameters randomly initialised; load weights after)."""
+    config = transformer_config(arch, tp, pp)
+    if use_transformer_engine(transformer_engine):
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    model = PolicyModel(
+        config=config, transformer_layer_spec=spec, vocab_size=padded_vocab,
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=mpu.is_pipeline_first_stage(), post_process=mpu.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=arch.tied_embeddings, position_embedding_type="rope",
+        rotary_base=arch.rope_theta, parallel_output=True,
+    )
+    model.uses_te_names = use_transformer_engine(transformer_engine)
+    return model

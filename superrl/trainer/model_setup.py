@@ -1,0 +1,70 @@
+"""Model, DDP wrapper, DistributedOptimizer (AdamW) and LR scheduler for one rank, built explicitly."""
+from dataclasses import dataclass
+
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from superrl.config import Config
+from superrl.models.architecture import ModelArch
+from superrl.models.gpt import build_policy_model
+from superrl.weights.load import load_hf_weights
+
+
+@dataclass
+class TrainState:
+    model: DistributedDataParallel  # this rank's PP stage, wrapped for DP gradient reduction
+    optimizer: object  # megatron DistributedOptimizer (or FP32Optimizer)
+    scheduler: OptimizerParamScheduler
+    arch: ModelArch
+    padded_vocab: int
+
+    @property
+    def chunks(self) -> list:
+        return [self.model]
+
+
+def _finalize_grads_without_token_scaling(model_chunks, num_tokens=None, **kwargs):
+    # Our losses are divided by global (all-reduced) counts before backward, so megatron must
+    # sum DP gradients as they are instead of rescaling by its own token count.
+    return finalize_model_grads(model_chunks, num_tokens=None, **kwargs)
+
+
+def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True) -> TrainState:
+    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
+    model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
+                               config.model.transformer_engine)
+    model.logprob_chunk_size = config.model.logprob_chunk_size
+    if load_weights:
+        load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        use_distributed_optimizer=config.optim.use_distributed_optimizer)
+    # model.config.calculate_per_token_loss (set in transformer_config) makes DDP sum, not average,
+    # gradients over DP: our losses are already globally normalised.
+    ddp_model = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    optimizer = get_megatron_optimizer(_optimizer_config(config), [ddp_model])
+    tconfig = model.config
+    tconfig.grad_scale_func = optimizer.scale_loss
+    tconfig.no_sync_func = ddp_model.no_sync
+    tconfig.finalize_model_grads_func = _finalize_grads_without_token_scaling
+    scheduler = _scheduler(config, optimizer)
+    return TrainState(ddp_model, optimizer, scheduler, arch, padded_vocab)
+
+
+def _optimizer_config(config: Config) -> OptimizerConfig:
+    o = config.optim
+    return OptimizerConfig(
+        optimizer="adam", lr=o.lr, min_lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=False, fp16=False,
+        use_distributed_optimizer=o.use_distributed_optimizer)
+
+
+def _scheduler(config: Config, optimizer) -> OptimizerParamScheduler:
+    o = config.optim
+    steps = max(config.trainer.total_steps, o.warmup_steps + 1)
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if o.warmup_steps else o.lr, max_lr=o.lr, min_lr=o.lr,
+        lr_warmup_steps=o.warmup_steps, lr_decay_steps=steps, lr_decay_style="constant",
+        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=steps, wd_incr_style="constant")

@@ -1,0 +1,109 @@
+"""One optimizer step over a list of micro-batches, through megatron's pipeline schedule.
+
+The loss function sees the last stage's per-token (logprobs, entropy) and the micro-batch, and
+returns a loss that is already divided by global (DP-wide, all-micro-batch) counts, so summing
+gradients over micro-batches and DP ranks gives exactly the full-batch gradient.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+IGNORE = -100
+
+
+@dataclass
+class MicroBatch:
+    tokens: torch.Tensor  # [b, s] input ids (right-padded)
+    targets: torch.Tensor  # [b, s] next-token ids, IGNORE where no loss is taken
+    extras: dict = field(default_factory=dict)  # per-token/per-sequence tensors the loss needs
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        b, s = self.tokens.shape
+        return torch.arange(s).unsqueeze(0).expand(b, s)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch], tuple]  # -> (loss, {metric: sum})
+
+
+def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: bool = False) -> dict:
+    """Run all micro-batches; return metric sums, all-reduced so every rank holds the same dict."""
+    seq_len = micro_batches[0].tokens.shape[1]
+    mbs = micro_batches[0].tokens.shape[0]
+    if any(mb.tokens.shape != (mbs, seq_len) for mb in micro_batches):
+        raise ValueError("pipeline schedules need equal micro-batch shapes; pad micro-batches first")
+
+    def forward_step(data_iterator, model_chunk):
+        mb = next(data_iterator)
+        output = model_chunk(mb.tokens, mb.position_ids, None, labels=mb.targets)
+        return output, lambda out: _loss_with_metrics(loss_fn, out, mb)
+
+    results = get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
+        num_microbatches=len(micro_batches), seq_length=seq_len, micro_batch_size=mbs,
+        forward_only=forward_only)
+    return _sum_metrics_to_all_ranks(results)
+
+
+def _loss_with_metrics(loss_fn: LossFn, output, mb: MicroBatch):
+    logprobs, entropy = output
+    loss, metrics = loss_fn(logprobs, entropy, mb)
+    reduced = {k: torch.as_tensor(v, dtype=torch.float64).detach().reshape(()) for k, v in metrics.items()}
+    reduced["loss"] = loss.detach().double()
+    return loss, torch.ones((), dtype=torch.int), reduced
+
+
+def _sum_metrics_to_all_ranks(results: list) -> dict:
+    """Metrics exist on the last PP stage only: sum over micro-batches and DP, share with all."""
+    keys = sorted(results[0]) if results else []
+    last = mpu.get_pipeline_model_parallel_last_rank()
+    names = [keys]
+    dist.broadcast_object_list(names, src=last, group=mpu.get_pipeline_model_parallel_group())
+    keys = names[0]
+    values = torch.zeros(len(keys), dtype=torch.float64)
+    for r in results:
+        values += torch.stack([r[k] for k in keys])
+    dist.all_reduce(values, group=mpu.get_data_parallel_group())
+    dist.broadcast(values, src=last, group=mpu.get_pipeline_model_parallel_group())
+    return dict(zip(keys, values.tolist()))
+
+
+def optimizer_step(state) -> tuple:
+    """Apply the accumulated gradients; returns (applied, grad_norm)."""
+    applied, grad_norm, _ = state.optimizer.step()
+    if applied:
+        state.scheduler.step(increment=1)
+    state.model.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    return applied, grad_norm
+
+
+def train_step(state, micro_batches: list, loss_fn: LossFn) -> dict:
+    state.model.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    metrics = forward_backward(state.model, micro_batches, loss_fn)
+    applied, grad_norm = optimizer_step(state)
+    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+    metrics["step_applied"] = float(applied)
+    return metrics
+
+
+def count_global(values: list, group=None) -> list:
+    """All-reduced SUMs of counts (never an average of averages): every rank gets the totals."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(t, group=group)
+    return t.tolist()
+
+
+def sft_loss_fn(global_target_tokens: float) -> LossFn:
+    """Token-mean NLL over the whole DP batch: each micro-batch divides by the global count."""
+    def loss_fn(logprobs, entropy, mb: MicroBatch):
+        mask = (mb.targets != IGNORE).to(logprobs.dtype)
+        nll_sum = -(logprobs * mask).sum()
+        return nll_sum / global_target_tokens, {"loss/sft_sum": nll_sum, "tokens": mask.sum()}
+    return loss_fn
