@@ -60,10 +60,8 @@ def rewrite_function(module_name: str, qualname: str, replacements, source: str 
     """
     module, _cls, name, func = _resolve(module_name, qualname)
     where = f"{module_name}.{qualname}"
-    if getattr(func, "__superrl_patched__", False):
-        return func
-    if source is None:
-        source = inspect.getsource(func)
+    original = getattr(func, "__superrl_original_source__", None) or inspect.getsource(func)
+    source = original if source is None else source
     new_source = _apply_replacements(_strip_decorators(textwrap.dedent(source)), where, replacements)
     factory = "def __superrl_factory(__class__):\n" + textwrap.indent(new_source, "    ")
     factory += f"\n    return {name}\n"
@@ -74,5 +72,5 @@ def rewrite_function(module_name: str, qualname: str, replacements, source: str 
         raise PatchMismatchError(f"{where}: closure variables changed "
                                  f"({func.__code__.co_freevars} -> {new_code.co_freevars})")
     func.__code__ = new_code
-    func.__superrl_patched__ = True
+    func.__superrl_original_source__ = original  # re-applying patches starts from upstream code
     return func

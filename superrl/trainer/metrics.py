@@ -1,0 +1,52 @@
+"""Metrics sinks on the logging rank: one JSON object per step in metrics.jsonl, TensorBoard
+scalars, and a tqdm bar showing reward and switch state."""
+import json
+import math
+import os
+
+from tqdm import tqdm
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, total_steps: int, start_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+        self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="superrl", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in sorted(metrics.items())}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key, value, step)
+        self.bar.update(1)
+        self.bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
+                             sft=f"{row.get('switch/sft_fraction', float('nan')):.2f}")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+            self.bar.close()
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # keep metrics.jsonl strict JSON
+    return value
+
+
+def read_metrics(run_dir: str) -> list:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,60 @@
+"""Config loading and validation errors name the offending values."""
+import pytest
+
+from superrl.config import ConfigError, load_config, validate_parallelism
+from superrl.models.architecture import UnsupportedModelError, arch_from_hf_config
+
+HF = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 6,
+      "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 128,
+      "vocab_size": 500, "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}
+
+
+def _validate(tp=1, pp=1, world=None, pad=128, **hf_changes):
+    config = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", f"model.vocab_pad_multiple={pad}"])
+    validate_parallelism(config, arch_from_hf_config({**HF, **hf_changes}), world or tp * pp)
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("parallel: {tp: 2}\noptim: {lr: 3.0e-6}\nalgorithm: {switch: {mode: window}}\n")
+    config = load_config(str(path), ["optim.lr=1e-5", "data.train_files=[a.jsonl,b.parquet]"])
+    assert config.parallel.tp == 2 and config.optim.lr == 1e-5
+    assert config.algorithm.switch.mode == "window"
+    assert config.data.train_files == ["a.jsonl", "b.parquet"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("parallel.tpp=2", "unknown config key 'parallel.tpp'; did you mean 'parallel.tp'?"),
+    ("trainer.totl_steps=2", "did you mean 'trainer.total_steps'?"),
+    ("paralel.tp=2", "did you mean 'parallel'?"),
+    ("parallel.tp=two", "parallel.tp must be of type int, got 'two'"),
+    ("algorithm.switch.mode=sometimes", "algorithm.switch.mode='sometimes' is not one of"),
+    ("rollout.engine=sglang", "rollout.engine='sglang' is not one of embedded, vllm"),
+])
+def test_bad_keys_and_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(tp=8), "parallel.tp=8 does not divide num_attention_heads=12"),
+    (dict(tp=3), "parallel.tp=3 does not divide num_key_value_heads=4"),
+    (dict(tp=2, pad=3, vocab_size=501), "parallel.tp=2 does not divide the padded vocab size 501"),
+    (dict(pp=4), "parallel.pp=4 does not divide num_hidden_layers=6"),
+    (dict(tp=2, pp=3, world=8), "world size 8 is not divisible by parallel.tp x parallel.pp = 2 x 3 = 6"),
+])
+def test_parallelism_errors_name_the_numbers(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        _validate(**kwargs)
+    assert message in str(err.value)
+
+
+def test_valid_layouts_pass():
+    _validate(tp=2, pp=3, world=12)
+    _validate(tp=4, pp=2, world=8)
+
+
+def test_unsupported_architecture_is_named():
+    with pytest.raises(UnsupportedModelError, match="'MistralForCausalLM' is not supported"):
+        arch_from_hf_config({**HF, "architectures": ["MistralForCausalLM"]})
