@@ -10,6 +10,9 @@ REWRITES = [
     ("megatron.core.models.common.language_module.language_module",
      "LanguageModule.setup_embeddings_and_output_layer",
      [("weight.data = weight.data.cuda()", "weight.data = weight.data.cpu()")]),
+    # Reshardable distributed-optimizer checkpoints gather state through DP rank 0.
+    ("megatron.core.optimizer.distrib_optimizer", "DistributedOptimizer.get_parameter_state_dp_zero",
+     [("send_tensor = send_tensor.cuda()", "send_tensor = send_tensor.cpu()")]),
     ("megatron.core.tensor_parallel.data", "broadcast_data",
      [("data[key].cuda()", "data[key].cpu()")]),
 ]

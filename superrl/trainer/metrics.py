@@ -15,6 +15,7 @@ class MetricsLogger:
         os.makedirs(run_dir, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
+        _drop_rows_after(os.path.join(run_dir, "metrics.jsonl"), start_step)
         self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")
         self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="superrl", dynamic_ncols=True)
@@ -32,6 +33,12 @@ class MetricsLogger:
         self.bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
                              sft=f"{row.get('switch/sft_fraction', float('nan')):.2f}")
 
+    def log_event(self, name: str, values: dict) -> None:
+        """A one-off record (e.g. the probe decision) in metrics.jsonl, outside the step rows."""
+        if self.enabled:
+            self.jsonl.write(json.dumps({"event": name, **{k: _plain(v) for k, v in values.items()}}) + "\n")
+            self.jsonl.flush()
+
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
@@ -47,6 +54,19 @@ def _plain(value):
     return value
 
 
+def _drop_rows_after(path: str, step: int) -> None:
+    """On resume, rows logged after the checkpoint (before a crash) are replayed: drop them."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
 def read_metrics(run_dir: str) -> list:
+    """The per-step rows of metrics.jsonl (events such as the probe are skipped)."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [row for row in rows if "step" in row]

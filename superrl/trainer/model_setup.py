@@ -68,3 +68,13 @@ def _scheduler(config: Config, optimizer) -> OptimizerParamScheduler:
         optimizer, init_lr=0.0 if o.warmup_steps else o.lr, max_lr=o.lr, min_lr=o.lr,
         lr_warmup_steps=o.warmup_steps, lr_decay_steps=steps, lr_decay_style="constant",
         start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=steps, wd_incr_style="constant")
+
+
+def build_reference_model(config: Config, arch: ModelArch):
+    """Frozen copy of the initial policy for the KL term (forward only, no DDP, no optimizer)."""
+    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
+    model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
+                               config.model.transformer_engine)
+    load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
+    model.requires_grad_(False)
+    return model

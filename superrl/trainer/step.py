@@ -107,3 +107,17 @@ def sft_loss_fn(global_target_tokens: float) -> LossFn:
         nll_sum = -(logprobs * mask).sum()
         return nll_sum / global_target_tokens, {"loss/sft_sum": nll_sum, "tokens": mask.sum()}
     return loss_fn
+
+
+def forward_outputs(model, micro_batches: list):
+    """Forward only: the last stage gets each micro-batch's detached (logprobs, entropy) [b, s];
+    other stages get None. Used to recompute old-policy and reference log-probs."""
+    outputs = []
+
+    def record(logprobs, entropy, mb):
+        outputs.append((logprobs.detach(), entropy.detach()))
+        return logprobs.sum() * 0.0, {}
+
+    with torch.no_grad():
+        forward_backward(model, micro_batches, record, forward_only=True)
+    return outputs if mpu.is_pipeline_last_stage() else None

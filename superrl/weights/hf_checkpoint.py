@@ -11,6 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from superrl.models.architecture import ModelArch
+from superrl.weights import mapping
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -39,12 +42,19 @@ class HFCheckpointReader:
         return set(self.file_of)
 
     def __call__(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def shape(self, name: str) -> tuple:
+        """Read from the file header only; the tensor's data is not touched."""
+        return tuple(self._handle(name).get_slice(name).get_shape())
+
+    def _handle(self, name: str):
         if name not in self.file_of:
             raise CheckpointError(f"{self.hf_dir}: missing tensor {name!r}")
         file = self.file_of[name]
         if file not in self._handles:
             self._handles[file] = safe_open(os.path.join(self.hf_dir, file), "pt")
-        return self._handles[file].get_tensor(name)
+        return self._handles[file]
 
 
 def check_tensor_names(found: set, expected: set, where: str) -> None:
@@ -55,6 +65,17 @@ def check_tensor_names(found: set, expected: set, where: str) -> None:
     if unexpected:
         raise CheckpointError(f"{where}: unexpected tensor(s) {', '.join(unexpected[:5])}"
                               + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+
+
+def check_hf_checkpoint(reader: HFCheckpointReader, arch: ModelArch) -> None:
+    """Every tensor the architecture needs is there, with the shape its config promises, and no other."""
+    found = reader.names() - {"lm_head.weight"} if arch.tied_embeddings else reader.names()
+    check_tensor_names(found, mapping.all_hf_names(arch), reader.hf_dir)
+    for name, shape in mapping.hf_tensor_shapes(arch).items():
+        found_shape = reader.shape(name)
+        if found_shape != shape:
+            raise CheckpointError(f"{reader.hf_dir}: tensor {name!r} has shape {found_shape}, "
+                                  f"expected {shape} from config.json")
 
 
 def write_sharded(named_tensors: Iterable, out_dir: str, max_shard_bytes: int = 2 << 30) -> list:

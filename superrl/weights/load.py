@@ -5,10 +5,11 @@ from megatron.core import parallel_state as mpu
 
 from superrl.models.architecture import ModelArch
 from superrl.weights import mapping
-from superrl.weights.hf_checkpoint import CheckpointError, HFCheckpointReader, check_tensor_names
+from superrl.weights.hf_checkpoint import CheckpointError, HFCheckpointReader, check_hf_checkpoint
 
 
-def _unwrap(model):
+def unwrap_model(model):
+    """The GPTModel inside DDP / Float16Module wrappers."""
     while hasattr(model, "module"):
         model = model.module
     return model
@@ -16,10 +17,9 @@ def _unwrap(model):
 
 def load_hf_weights(model, hf_dir: str, arch: ModelArch, padded_vocab: int) -> None:
     """Fill this rank's shard of `model` from an HF checkpoint directory."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     reader = HFCheckpointReader(hf_dir)
-    check_tensor_names(reader.names() - {"lm_head.weight"} if arch.tied_embeddings else reader.names(),
-                       mapping.all_hf_names(arch), hf_dir)
+    check_hf_checkpoint(reader, arch)
     params = dict(model.named_parameters())
     tp_rank, tp_size = mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size()
     pp_rank, pp_size = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size()
@@ -52,7 +52,7 @@ def gather_tp_shards(tensor: torch.Tensor) -> list:
 
 def export_hf_weights(model, arch: ModelArch):
     """Yield (HF name, full tensor) for this PP stage's parameters (collective over TP)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     params = dict(model.named_parameters())
     pp_rank, pp_size = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size()
     yield from mapping.stage_state_to_hf(lambda name, m: gather_tp_shards(params[name].detach()), arch,

@@ -81,6 +81,27 @@ def all_hf_names(arch: ModelArch) -> set:
     return names
 
 
+def hf_tensor_shapes(arch: ModelArch) -> dict:
+    """The shape config.json promises for every HF tensor of `all_hf_names(arch)`."""
+    h, ffn = arch.hidden_size, arch.ffn_hidden_size
+    q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    per_layer = {
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h), "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (ffn, h), "mlp.up_proj.weight": (ffn, h), "mlp.down_proj.weight": (h, ffn),
+    }
+    if arch.qkv_bias:
+        per_layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
+                          "self_attn.v_proj.bias": (kv,)})
+    shapes = {f"model.layers.{i}.{name}": shape for i in range(arch.num_layers) for name, shape in per_layer.items()}
+    shapes["model.embed_tokens.weight"] = (arch.vocab_size, h)
+    shapes["model.norm.weight"] = (h,)
+    if not arch.tied_embeddings:
+        shapes["lm_head.weight"] = (arch.vocab_size, h)
+    return shapes
+
+
 # ---- per-shard fuse / split -------------------------------------------------------------------
 
 def _qkv_fuse(parts, arch: ModelArch):

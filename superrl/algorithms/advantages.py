@@ -1,0 +1,76 @@
+"""Outcome-reward advantages: one scalar per response, later broadcast to its tokens.
+
+Input: rewards `[P, K]`, P prompts of this rank, K responses each. Output: advantages `[P, K]`
+(flatten row-major to match responses `[P * K]`). Standard deviations use Bessel's correction
+(torch.std's default, as in verl/TRL) and are 0 for a single sample.
+"""
+import torch
+
+from superrl.algorithms.config import ADVANTAGE_ESTIMATORS, check_choice
+from superrl.algorithms.counts import ProcessGroup, all_reduce_sum, count_vector
+
+
+def _check_rewards(rewards: torch.Tensor) -> None:
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [num_prompts, K], got shape {tuple(rewards.shape)}")
+
+
+def _unbiased_std(values: torch.Tensor, dim: int) -> torch.Tensor:
+    return values.std(dim=dim, correction=1 if values.shape[dim] > 1 else 0)
+
+
+def grpo_advantages(rewards: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """A_k = (R_k - mean_k R) / (std_k R + eps); without the std when `norm_by_std=False` (Dr.GRPO).
+
+    A group whose rewards are all equal gets A = 0 for every response.
+    """
+    _check_rewards(rewards)
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if not norm_by_std:
+        return centered
+    return centered / (_unbiased_std(rewards, dim=1)[:, None] + eps)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """A_k = R_k - mean_{j != k} R_j (leave-one-out baseline) = K / (K - 1) * (R_k - mean R)."""
+    _check_rewards(rewards)
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError(f"rloo needs K >= 2 responses per prompt, got K={k}")
+    leave_one_out_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+    return rewards - leave_one_out_mean
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, eps: float = 1e-6,
+                            group: ProcessGroup = None) -> torch.Tensor:
+    """REINFORCE++: A = (R - mean_B R) / (std_B R + eps) over the DP-GLOBAL batch of responses.
+
+    The global mean/std come from all-reduced SUMs of (count, sum r, sum r^2) over `group`, so every
+    rank normalises with the same statistics as a single process holding the whole batch.
+    """
+    _check_rewards(rewards)
+    r = rewards.detach().to(torch.float64)
+    local = count_vector(r.numel(), r.sum(), r.square().sum())
+    count, total, total_sq = all_reduce_sum(local, group).tolist()
+    if count == 0:
+        return torch.zeros_like(rewards)
+    mean = total / count
+    # unbiased variance from the sums; max() guards the tiny negative values of cancellation
+    var = max(total_sq - count * mean * mean, 0.0) / max(count - 1.0, 1.0)
+    return ((r - mean) / (var ** 0.5 + eps)).to(rewards.dtype)
+
+
+def compute_advantages(rewards: torch.Tensor, estimator: str, norm_by_std: bool = True,
+                       eps: float = 1e-6, group: ProcessGroup = None) -> torch.Tensor:
+    """Dispatch on `algorithm.advantage`; rewards [P, K] -> advantages [P, K]."""
+    check_choice("algorithm.advantage", estimator, ADVANTAGE_ESTIMATORS)
+    if estimator == "grpo":
+        return grpo_advantages(rewards, norm_by_std=norm_by_std, eps=eps)
+    if estimator == "rloo":
+        return rloo_advantages(rewards)
+    return reinforce_pp_advantages(rewards, eps=eps, group=group)
+
+
+def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-response advantages [B] -> per-token [B, T], zero outside `mask`."""
+    return advantages[:, None] * mask.to(advantages.dtype)

@@ -1,0 +1,140 @@
+"""Config dataclasses of the `algorithm.*` YAML section (SPEC 2 and 7.3).
+
+The trainer's schema (`superrl/config.py`) embeds `AlgorithmConfig` as its `algorithm` field; every
+class here is an OmegaConf-compatible structured config. `validate()` raises a ValueError that names
+the offending key and value.
+"""
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
+LOSS_AGG_MODES = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+SWITCH_MODES = ("off", "always_sft", "probe", "per_prompt", "adv_gate", "window")
+SWITCH_ROUTES = ("all", "failed")
+HYBRID_WEIGHTINGS = ("hard_gate", "fixed", "log_sigma", "entropy")
+
+
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not one of {list(choices)}")
+
+
+def _check(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is invalid: {rule}")
+
+
+@dataclass
+class SwitchConfig:
+    """`algorithm.switch.*`: when (and for which prompts) the Hybrid Actor adds the SFT loss.
+
+    mode:            off | always_sft | probe | per_prompt | adv_gate | window (see switch.py).
+    eps:             a reward (or |advantage| for adv_gate) counts as nonzero when > eps.
+    route:           in the regime modes (always_sft, probe, window) which prompts go to SFT while
+                     the hybrid regime is on: `all`, or only `failed` ones (max_k R_k <= eps).
+    probe_prompts:   number of prompts the trainer rolls out for the `probe` decision.
+    probe_threshold: probe says "sparse" (hybrid on for the whole run) when the fraction of probe
+                     prompts with any reward > eps is below this.
+    tau_on, tau_off: `window` hysteresis: hybrid turns on when EMA(success) < tau_on, off when
+                     EMA(success) > tau_off.
+    ema_decay:       ema <- decay * ema + (1 - decay) * success_rate (first step: ema = rate).
+    per_source:      `window` keeps one EMA and one on/off state per `data_source`.
+    """
+    mode: str = "off"
+    eps: float = 1e-6
+    route: str = "all"
+    probe_prompts: int = 64
+    probe_threshold: float = 0.2
+    tau_on: float = 0.1
+    tau_off: float = 0.3
+    ema_decay: float = 0.9
+    per_source: bool = False
+
+    def validate(self) -> None:
+        check_choice("algorithm.switch.mode", self.mode, SWITCH_MODES)
+        check_choice("algorithm.switch.route", self.route, SWITCH_ROUTES)
+        _check(self.eps >= 0, "algorithm.switch.eps", self.eps, "must be >= 0")
+        _check(self.probe_prompts >= 1, "algorithm.switch.probe_prompts", self.probe_prompts,
+               "must be >= 1")
+        _check(0 <= self.probe_threshold <= 1, "algorithm.switch.probe_threshold",
+               self.probe_threshold, "must be in [0, 1]")
+        _check(0 <= self.ema_decay < 1, "algorithm.switch.ema_decay", self.ema_decay,
+               "must be in [0, 1)")
+        _check(0 <= self.tau_on < self.tau_off <= 1, "algorithm.switch.tau_on",
+               (self.tau_on, self.tau_off), "need 0 <= tau_on < tau_off <= 1 (hysteresis)")
+
+
+@dataclass
+class HybridConfig:
+    """`algorithm.hybrid.*`: how L_PG and L_SFT combine while the hybrid regime is active.
+
+    weighting:          hard_gate | fixed | log_sigma | entropy (see hybrid.py).
+    sft_coef:           lambda of `hard_gate` and `fixed`.
+    log_sigma_floor:    lower bound on s_pg and s_sft; without it s -> -inf when a loss term <= 0.
+    log_sigma_init_pg:  initial s_pg (SPEC: 0).
+    log_sigma_init_sft: initial s_sft (SPEC: 1).
+    entropy_alpha:      alpha of `entropy`: SFT weight w = alpha * exp(-H).
+    """
+    weighting: str = "hard_gate"
+    sft_coef: float = 1.0
+    log_sigma_floor: float = 0.0
+    log_sigma_init_pg: float = 0.0
+    log_sigma_init_sft: float = 1.0
+    entropy_alpha: float = 1.0
+
+    def validate(self) -> None:
+        check_choice("algorithm.hybrid.weighting", self.weighting, HYBRID_WEIGHTINGS)
+        _check(self.sft_coef >= 0, "algorithm.hybrid.sft_coef", self.sft_coef, "must be >= 0")
+        _check(self.entropy_alpha >= 0, "algorithm.hybrid.entropy_alpha", self.entropy_alpha,
+               "must be >= 0")
+        for key in ("log_sigma_init_pg", "log_sigma_init_sft"):
+            value = getattr(self, key)
+            _check(value >= self.log_sigma_floor, f"algorithm.hybrid.{key}", value,
+                   f"must be >= log_sigma_floor={self.log_sigma_floor}")
+
+
+@dataclass
+class AlgorithmConfig:
+    """`algorithm.*`: advantages, PPO-clip policy loss, KL, entropy bonus, switch, hybrid actor.
+
+    advantage:    grpo | rloo | reinforce_pp.
+    norm_by_std:  grpo divides by the group std (False: Dr.GRPO, mean-centering only).
+    adv_eps:      eps in A = (R - mean) / (std + eps).
+    clip_low, clip_high: PPO ratio clip range [1 - clip_low, 1 + clip_high] (DAPO clip-higher).
+    dual_clip:    None (off) or c > 1: for A < 0 the per-token loss is capped at -A * c.
+    loss_agg:     token_mean | seq_mean_token_sum | seq_mean_token_mean, for PG, SFT, KL, entropy.
+    kl_coef:      beta of the KL to the frozen reference policy (0: no KL, no reference needed).
+    kl_estimator: k1 | k2 | k3.
+    kl_in_reward: True: subtract beta * sum_t KL_t from each response's reward before the
+                  advantages; False: add beta * KL as a loss term.
+    entropy_coef: entropy bonus; the loss gets -entropy_coef * aggregated token entropy.
+    """
+    advantage: str = "grpo"
+    norm_by_std: bool = True
+    adv_eps: float = 1e-6
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: Optional[float] = None
+    loss_agg: str = "token_mean"
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False
+    entropy_coef: float = 0.0
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+
+    def validate(self) -> None:
+        check_choice("algorithm.advantage", self.advantage, ADVANTAGE_ESTIMATORS)
+        check_choice("algorithm.loss_agg", self.loss_agg, LOSS_AGG_MODES)
+        check_choice("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _check(self.adv_eps >= 0, "algorithm.adv_eps", self.adv_eps, "must be >= 0")
+        _check(0 <= self.clip_low < 1, "algorithm.clip_low", self.clip_low, "must be in [0, 1)")
+        _check(self.clip_high >= 0, "algorithm.clip_high", self.clip_high, "must be >= 0")
+        _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip",
+               self.dual_clip, "must be null (off) or > 1")
+        _check(self.kl_coef >= 0, "algorithm.kl_coef", self.kl_coef, "must be >= 0")
+        _check(self.entropy_coef >= 0, "algorithm.entropy_coef", self.entropy_coef,
+               "must be >= 0")
+        self.switch.validate()
+        self.hybrid.validate()

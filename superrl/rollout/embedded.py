@@ -1,0 +1,166 @@
+"""EmbeddedEngine: the default rollout engine, pure torch, in the trainer's own process (CPU or GPU).
+
+    engine = EmbeddedEngine("/path/to/hf_model")
+    outs = engine.generate([[1, 5, 9], [1, 7]], SamplingParams(n=4, temperature=1.0, max_tokens=64))
+    outs[0][2].token_ids, outs[0][2].logprobs, outs[0][2].finish_reason
+    engine.update_weights(hf_named_tensors)  # after each optimizer step
+
+How it runs: requests wait in a queue; free KV-cache slots take them in a batched prefill; all
+running sequences then advance one token per decode step; a sequence that stops frees its slot for
+the next request (continuous batching). Sampling randomness is a function of (seed, prompt index,
+sample index, step) only -- see sampler.py -- so a seeded call returns the same tokens whatever
+`max_batch_size` is.
+
+Returned log-probs are log pi(token) under the model's RAW distribution (temperature 1, no top-k /
+top-p filtering): the quantity the trainer recomputes as the old-policy log-prob for the PPO ratio.
+"""
+from typing import Iterable, Optional
+
+import torch
+
+from superrl.rollout.decoder import Decoder
+from superrl.rollout.decoder_weights import DecoderWeights
+from superrl.rollout.hf_checkpoint import load_tensors, parse_dtype, read_config
+from superrl.rollout.kv_cache import KVCache
+from superrl.rollout.sampler import Sampler, sequence_seeds
+from superrl.rollout.scheduler import Sequence, SlotScheduler
+from superrl.rollout.types import Completion, SamplingParams
+
+CACHE_ROUNDING = 64  # grow the KV cache in steps, so slightly longer prompts reuse it
+
+
+class EmbeddedEngine:
+    def __init__(self, model_dir: str, dtype: str = "float32", seed: int = 0, *,
+                 device: Optional[str] = None, max_batch_size: Optional[int] = None,
+                 max_prefill_tokens: int = 16384):
+        """max_batch_size: KV-cache slots, i.e. sequences decoded together (default 64 on CPU,
+        256 on GPU). max_prefill_tokens: bound on one prefill batch's padded token count."""
+        self.config = read_config(model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = parse_dtype(dtype)
+        self.max_batch_size = max_batch_size or (256 if self.device.type == "cuda" else 64)
+        self.max_prefill_tokens = max_prefill_tokens
+        self.weights = DecoderWeights(self.config, self.dtype, self.device)
+        with torch.no_grad():
+            self.weights.load(load_tensors(model_dir))
+        self.decoder = Decoder(self.weights)
+        self.cache: Optional[KVCache] = None
+        self._generator = torch.Generator().manual_seed(seed)  # seeds for calls without params.seed
+
+    # ----------------------------------------------------------------- weights
+    def state_dict(self) -> dict:
+        """HF name -> live parameter tensor (views into the fused buffers the forward uses)."""
+        return dict(self.weights.by_name)
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable) -> None:
+        """Copy full HF-named tensors into the live parameters in place (no reallocation).
+
+        A tied model also accepts `lm_head.weight` (it is the embedding). Unknown names and wrong
+        shapes raise, naming the tensor; tensors before the bad one have already been copied.
+        """
+        self.weights.copy_from(named_tensors)
+
+    # ----------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(self, prompt_token_ids: list, params: SamplingParams, *,
+                 ignore_eos: bool = False) -> list:
+        """Per prompt, `params.n` Completions. Stops on params.stop_token_ids and the model's eos
+        (unless `ignore_eos`, used to force exact lengths in benchmarks)."""
+        self._check_prompts(prompt_token_ids)
+        sequences = self._make_sequences(prompt_token_ids, params)
+        slots = min(self.max_batch_size, len(sequences))
+        longest = max(len(p) for p in prompt_token_ids) + params.max_tokens
+        self._reserve(slots, longest)
+        stop_ids = set(params.stop_token_ids) | (set() if ignore_eos else set(self.config.eos_token_ids))
+        scheduler = SlotScheduler(sequences, slots, self.max_prefill_tokens)
+        sampler = Sampler(params, self.config.vocab_size, self.device)
+        while scheduler.has_work():
+            admitted = scheduler.admit()
+            if admitted:
+                self._prefill(admitted, sampler, scheduler, stop_ids, params.max_tokens)
+            if scheduler.running:
+                self._decode(sampler, scheduler, stop_ids, params.max_tokens)
+        return self._completions(sequences, len(prompt_token_ids), params.n)
+
+    def _check_prompts(self, prompt_token_ids: list) -> None:
+        if not prompt_token_ids:
+            raise ValueError("generate: prompt_token_ids is empty")
+        vocab = self.config.vocab_size
+        for index, prompt in enumerate(prompt_token_ids):
+            if len(prompt) == 0:
+                raise ValueError(f"generate: prompt {index} has no tokens")
+            if min(prompt) < 0 or max(prompt) >= vocab:
+                raise ValueError(f"generate: prompt {index} has a token id outside [0, {vocab})")
+
+    def _make_sequences(self, prompt_token_ids: list, params: SamplingParams) -> list:
+        base_seed = params.seed if params.seed is not None else \
+            int(torch.randint(0, 2**62, (1,), generator=self._generator))
+        prompt_index = torch.arange(len(prompt_token_ids)).repeat_interleave(params.n)
+        sample_index = torch.arange(params.n).repeat(len(prompt_token_ids))
+        seeds = sequence_seeds(base_seed, prompt_index, sample_index).tolist()
+        return [Sequence(p, s, list(prompt_token_ids[p]), seed)
+                for p, s, seed in zip(prompt_index.tolist(), sample_index.tolist(), seeds)]
+
+    def _reserve(self, slots: int, positions: int) -> None:
+        """(Re)allocate the KV cache only when this call needs more slots or positions."""
+        self.decoder.reserve_positions(positions)
+        cache = self.cache
+        if cache is None or cache.slots < slots or cache.capacity < positions:
+            capacity = -(-positions // CACHE_ROUNDING) * CACHE_ROUNDING
+            self.cache = None  # free the old cache before allocating the new one
+            self.cache = KVCache(self.config, slots, capacity, self.dtype, self.device)
+
+    def _prefill(self, admitted: list, sampler: Sampler, scheduler: SlotScheduler,
+                 stop_ids: set, max_tokens: int) -> None:
+        longest = max(len(seq.prompt) for _, seq in admitted)
+        padded = [seq.prompt + [0] * (longest - len(seq.prompt)) for _, seq in admitted]
+        tokens = torch.tensor(padded, device=self.device)
+        slots = torch.tensor([slot for slot, _ in admitted], device=self.device)
+        last_index = torch.tensor([len(seq.prompt) - 1 for _, seq in admitted], device=self.device)
+        logits = self.decoder.prefill(tokens, slots, last_index, self.cache)
+        seeds = torch.tensor([seq.seed for _, seq in admitted], device=self.device)
+        sampled = sampler(logits, seeds, torch.zeros_like(seeds))
+        rows = [(row, slot, seq) for row, (slot, seq) in enumerate(admitted)]
+        self._record(rows, sampled, scheduler, stop_ids, max_tokens)
+
+    def _decode(self, sampler: Sampler, scheduler: SlotScheduler, stop_ids: set, max_tokens: int) -> None:
+        moves = scheduler.compact()
+        if moves:
+            self.cache.move(*zip(*moves))
+        rows = scheduler.rows
+        # Idle rows below the highest running slot decode a dummy token at position 0 of their
+        # own (free) slot; their results are ignored and a later prefill overwrites the entry.
+        inputs = [[0, 0, 0, 0] for _ in range(rows)]
+        for slot, seq in scheduler.running.items():
+            inputs[slot] = [seq.tokens[-1], seq.next_position, seq.seed, len(seq.tokens)]
+        tokens, positions, seeds, steps = torch.tensor(inputs, device=self.device).T
+        context = max(row[1] for row in inputs) + 1
+        logits = self.decoder.decode(tokens, positions, context, self.cache)
+        sampled = sampler(logits, seeds, steps)
+        rows = [(slot, slot, seq) for slot, seq in scheduler.running.items()]
+        self._record(rows, sampled, scheduler, stop_ids, max_tokens)
+
+    @staticmethod
+    def _record(rows: list, sampled: tuple, scheduler: SlotScheduler, stop_ids: set, max_tokens: int) -> None:
+        """rows: (batch row, cache slot, Sequence). Append each row's sampled token; finished
+        sequences give their slot back."""
+        tokens, logprobs = sampled
+        host_tokens, host_logprobs = torch.stack([tokens.double(), logprobs.double()]).tolist()  # one sync
+        for row, slot, seq in rows:
+            token = int(host_tokens[row])
+            seq.tokens.append(token)
+            seq.logprobs.append(host_logprobs[row])
+            if token in stop_ids:
+                seq.finish_reason = "stop"
+            elif len(seq.tokens) >= max_tokens:
+                seq.finish_reason = "length"
+            if seq.finish_reason:
+                scheduler.release(slot)
+
+    @staticmethod
+    def _completions(sequences: list, num_prompts: int, n: int) -> list:
+        grouped = [[None] * n for _ in range(num_prompts)]
+        for seq in sequences:
+            grouped[seq.prompt_index][seq.sample_index] = Completion(seq.tokens, seq.logprobs, seq.finish_reason)
+        return grouped

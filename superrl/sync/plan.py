@@ -1,0 +1,113 @@
+"""The bucket plan: which HF tensors travel together, and where each sits in its flat bucket.
+
+Every rank builds the same plan from the architecture alone, so sender and receiver agree on
+names, shapes, offsets and order without exchanging any metadata. Names and order come from
+running the shared weight mapping (`stage_state_to_hf`) on meta tensors: they are by construction
+the order in which `export_hf_weights` yields a stage's tensors.
+"""
+from dataclasses import dataclass
+from itertools import islice
+
+import torch
+
+from superrl.models.architecture import ModelArch
+from superrl.weights import mapping
+
+
+def hf_tensor_shape(hf_name: str, arch: ModelArch) -> tuple:
+    """Shape of a full (unsharded) HF tensor, from its name's suffix."""
+    h, q, kv, ffn = arch.hidden_size, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim, \
+        arch.ffn_hidden_size
+    shapes = {
+        "embed_tokens.weight": (arch.vocab_size, h), "lm_head.weight": (arch.vocab_size, h),
+        "norm.weight": (h,), "layernorm.weight": (h,),
+        "q_proj.weight": (q, h), "k_proj.weight": (kv, h), "v_proj.weight": (kv, h),
+        "q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,), "o_proj.weight": (h, q),
+        "gate_proj.weight": (ffn, h), "up_proj.weight": (ffn, h), "down_proj.weight": (h, ffn),
+    }
+    for suffix, shape in shapes.items():
+        if hf_name.endswith(suffix):
+            return shape
+    raise KeyError(f"no HF shape rule for tensor {hf_name!r}")
+
+
+def stage_hf_shapes(arch: ModelArch, pp_rank: int, pp_size: int) -> list:
+    """(HF name, shape) of every tensor one PP stage exports, in export order."""
+    def meta_shards(megatron_name, param_map):
+        parts = [torch.empty(hf_tensor_shape(n, arch), device="meta") for n in param_map.hf]
+        return [mapping.to_megatron_shard(param_map, parts, arch, 0, 1, arch.vocab_size)]
+
+    return [(name, tuple(t.shape)) for name, t in mapping.stage_state_to_hf(meta_shards, arch, pp_rank, pp_size)]
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str  # HF name
+    shape: tuple
+    offset: int  # elements from the start of the bucket
+
+    @property
+    def numel(self) -> int:
+        return torch.Size(self.shape).numel()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    stage: int  # the PP stage that exports these tensors
+    slots: tuple
+
+    @property
+    def numel(self) -> int:
+        last = self.slots[-1]
+        return last.offset + last.numel
+
+    def unflatten(self, flat: torch.Tensor) -> list:
+        """(HF name, view into `flat`) for every tensor of the bucket: no copies."""
+        return [(s.name, flat[s.offset:s.offset + s.numel].view(s.shape)) for s in self.slots]
+
+    def pack(self, exported, buffer: torch.Tensor) -> torch.Tensor:
+        """Copy the next tensors of the `exported` stream into `buffer`; return the filled flat bucket.
+
+        A bucket of one tensor travels as that tensor (no copy): this is what keeps a tensor larger
+        than the bucket size from needing a second, bucket-sized copy of itself.
+        """
+        received = list(islice(exported, len(self.slots)))
+        if len(received) != len(self.slots):
+            raise RuntimeError(f"weight sync: stage {self.stage} exported fewer tensors than planned")
+        for slot, (name, tensor) in zip(self.slots, received):
+            if name != slot.name or tuple(tensor.shape) != slot.shape:
+                raise RuntimeError(f"weight sync plan expects {slot.name} {slot.shape}, the model exported "
+                                   f"{name} {tuple(tensor.shape)} (plan and weight mapping disagree)")
+        if len(self.slots) == 1:
+            return received[0][1].reshape(-1)
+        flat = buffer[:self.numel]
+        for slot, (_, tensor) in zip(self.slots, received):
+            flat[slot.offset:slot.offset + slot.numel].copy_(tensor.reshape(-1))
+        return flat
+
+
+def plan_stage_buckets(shapes: list, stage: int, bucket_numel: int) -> list:
+    """Greedy, in export order: start a new bucket when the next tensor would overflow this one."""
+    buckets, slots, offset = [], [], 0
+    for name, shape in shapes:
+        numel = torch.Size(shape).numel()
+        if slots and offset + numel > bucket_numel:
+            buckets.append(Bucket(stage, tuple(slots)))
+            slots, offset = [], 0
+        slots.append(Slot(name, shape, offset))
+        offset += numel
+    if slots:
+        buckets.append(Bucket(stage, tuple(slots)))
+    return buckets
+
+
+def build_plan(arch: ModelArch, pp_size: int, bucket_bytes: int, element_size: int) -> list:
+    """Buckets of every stage, stage 0 first: the order the engine receives them in."""
+    bucket_numel = max(1, bucket_bytes // element_size)
+    return [bucket for stage in range(pp_size)
+            for bucket in plan_stage_buckets(stage_hf_shapes(arch, stage, pp_size), stage, bucket_numel)]
+
+
+def packing_capacity(plan: list) -> int:
+    """Elements of the one reusable flat buffer: the largest bucket that needs packing."""
+    return max((b.numel for b in plan if len(b.slots) > 1), default=0)

@@ -1,0 +1,213 @@
+"""The SuperRL loop (SPEC 3): prompts -> rollouts -> rewards -> switch -> hybrid loss -> optimizer
+step -> weight sync -> next step. One `Trainer` per rank; every collective is explicit here."""
+import time
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+from transformers import AutoTokenizer
+
+from superrl.algorithms.advantages import compute_advantages
+from superrl.algorithms.counts import all_reduce_sum, count_vector
+from superrl.algorithms.switch import AdaptiveSwitch
+from superrl.config import Config, ConfigError
+from superrl.data import PromptDataLoader, build_examples, load_rows
+from superrl.distributed import ParallelContext
+from superrl.models.architecture import ModelArch
+from superrl.rewards.scorer import RewardScorer
+from superrl.trainer import actor_update, batching, checkpoint
+from superrl.trainer.engine_setup import build_engine
+from superrl.trainer.evaluate import evaluate
+from superrl.trainer.experience import (generate_and_score, owns_engine, sampling_params,
+                                        share_with_model_parallel_group)
+from superrl.trainer.metrics import MetricsLogger
+from superrl.trainer.model_setup import build_reference_model, build_train_state
+from superrl.sync import WeightSync
+
+
+def load_examples(config: Config, files: list, tokenizer):
+    loaded = load_rows(files, skip_bad_rows=config.data.skip_bad_rows)
+    examples = build_examples(loaded.rows, tokenizer, max_prompt_len=config.data.max_prompt_len,
+                              template=config.data.prompt_template)
+    return loaded, examples
+
+
+class Trainer:
+    def __init__(self, config: Config, arch: ModelArch, ctx: ParallelContext):
+        if config.trainer.prompts_per_step % ctx.dp_size:
+            raise ConfigError(f"trainer.prompts_per_step={config.trainer.prompts_per_step} is not divisible "
+                              f"by the data-parallel size {ctx.dp_size}")
+        self.config, self.arch, self.ctx = config, arch, ctx
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
+        loaded, self.example_set = load_examples(config, config.data.train_files, self.tokenizer)
+        self.data_stats = {"data/skipped_rows": float(len(loaded.skipped)),
+                           "data/prompts_dropped": float(self.example_set.prompts_dropped)}
+        self.loader = PromptDataLoader(self.example_set.examples, config.trainer.prompts_per_step,
+                                       seed=config.trainer.seed)
+        self.state = build_train_state(config, arch)
+        self.reference = build_reference_model(config, arch) if config.algorithm.kl_coef > 0 else None
+        self.switch = AdaptiveSwitch(config.algorithm.switch)
+        self.log_sigma = (actor_update.LogSigmaTrainer(config.algorithm.hybrid, config.optim.lr)
+                          if config.algorithm.hybrid.weighting == "log_sigma" else None)
+        self.engine = build_engine(config) if owns_engine() else None
+        self.scorer = (RewardScorer(self.example_set.data_sources, config.reward.function,
+                                    timeout_s=config.reward.timeout_s) if owns_engine() else None)
+        self.sync = WeightSync(self.state.model, arch, self.engine, config.rollout.sync_bucket_mb)
+        self.eval_examples = (load_examples(config, config.data.eval_files, self.tokenizer)[1].examples
+                              if config.data.eval_files else [])
+        self.step = 0
+
+    # ---- rollouts ---------------------------------------------------------------------------
+    def _local_prompts(self, examples: list) -> list:
+        per_rank = len(examples) // self.ctx.dp_size
+        return examples[self.ctx.dp_rank * per_rank:(self.ctx.dp_rank + 1) * per_rank]
+
+    def _rollout(self, examples: list, seed: int, n=None):
+        rollouts = None
+        if self.engine is not None:
+            params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id, n=n)
+            rollouts = generate_and_score(self.engine, self.tokenizer, self.scorer, examples, params)
+        return share_with_model_parallel_group(rollouts)
+
+    def _rollout_seed(self, step: int) -> int:
+        return (self.config.trainer.seed * 1_000_003 + step) * self.ctx.dp_size + self.ctx.dp_rank
+
+    def run_probe(self) -> dict:
+        """SuperRL v1: one probe rollout decides for the whole run whether rewards are sparse."""
+        cfg = self.config.algorithm.switch
+        probe_loader = PromptDataLoader(self.example_set.examples,
+                                        min(cfg.probe_prompts, len(self.example_set.examples)),
+                                        seed=self.config.trainer.seed + 1)
+        rollouts = self._rollout(self._local_prompts(next(probe_loader)), seed=self._rollout_seed(-1))
+        return self.switch.probe(rollouts.rewards, group=mpu.get_data_parallel_group())
+
+    # ---- one step ---------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, timings = self.config, {}
+        t0 = time.perf_counter()
+        examples = self._local_prompts(next(self.loader))
+        rollouts = self._rollout(examples, self._rollout_seed(self.step))
+        timings["timing/rollout_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        dp_group = mpu.get_data_parallel_group()
+        advantages = compute_advantages(rollouts.rewards, cfg.algorithm.advantage, cfg.algorithm.norm_by_std,
+                                        cfg.algorithm.adv_eps, group=dp_group)
+        has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
+        decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
+                                      advantages=advantages, sources=[ex.data_source for ex in examples],
+                                      group=dp_group)
+        rollout = batching.rollout_rows(examples, rollouts.response_ids)
+        sft_prompts = (~decision.gates).nonzero().squeeze(1).tolist()
+        experts = batching.expert_rows(examples, sft_prompts)
+        micro_batches = batching.pack_micro_batches(rollout[0] + experts[0], cfg.optim.micro_batch_size,
+                                                    self.tokenizer.pad_token_id)
+        actor_update.attach_old_logprobs(self.state.model, micro_batches)
+        if self.reference is not None:
+            actor_update.attach_old_logprobs(self.reference, micro_batches, key="ref_logprobs")
+        scales = actor_update.loss_scales(cfg.algorithm, decision, rollout, experts, micro_batches)
+        metrics = actor_update.actor_step(self.state, cfg.algorithm, scales, advantages.flatten(),
+                                          micro_batches, self.log_sigma)
+        timings["timing/train_s"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        metrics.update(self.sync.sync().metrics())
+        timings["timing/sync_s"] = time.perf_counter() - t2
+        timings["timing/step_s"] = time.perf_counter() - t0
+        self.step += 1
+        return self._step_metrics(metrics, decision, rollouts, rollout[0], timings)
+
+    def _step_metrics(self, metrics: dict, decision, rollouts, rows: list, timings: dict) -> dict:
+        eps = self.config.algorithm.switch.eps
+        lengths = torch.tensor([float(len(r.response_ids)) for r in rows])
+        truncated = sum(reason == "length" for group in rollouts.finish_reasons for reason in group)
+        local = count_vector(rollouts.rewards.sum(), rollouts.rewards.numel(), (rollouts.rewards > eps).sum(),
+                             lengths.sum(), sum(len(r.prompt_ids) for r in rows), truncated,
+                             rollouts.reward_metrics.get("reward/errors", 0.0),
+                             rollouts.reward_metrics.get("reward/timeouts", 0.0))
+        # reward counts live on one rank per model-parallel group: sum over DP only
+        reward_sum, n, successes, response_tokens, prompt_tokens, truncated, errors, timeouts = (
+            all_reduce_sum(local, mpu.get_data_parallel_group()).tolist())
+        out = {k: v for k, v in metrics.items() if not k.startswith("step_")}
+        out.update(decision.stats)
+        out.update(timings)
+        out.update(self.data_stats)
+        out.update({
+            "reward/mean": reward_sum / n, "reward/success_rate": successes / n,
+            "reward/errors": errors, "reward/timeouts": timeouts,
+            "response/mean_length": response_tokens / n, "response/truncated_fraction": truncated / n,
+            "perf/tokens_per_s": (response_tokens + prompt_tokens) / timings["timing/step_s"],
+            "train/step_skipped": 1.0 - metrics.get("step_applied", 1.0),
+            "train/lr": self.state.optimizer.param_groups[0]["lr"],
+        })
+        out.setdefault("loss/pg", 0.0)
+        out.setdefault("loss/sft", 0.0)
+        out.setdefault("actor/kl", 0.0)
+        return out
+
+    # ---- eval, checkpoints, the run ---------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Held-out accuracy on global rank 0's engine (one replica suffices: weights are equal)."""
+        if self.ctx.rank != 0 or not self.eval_examples:
+            return {}
+        return evaluate(self.engine, self.tokenizer, self.scorer, self.eval_examples,
+                        self.config.rollout.max_tokens)
+
+    def checkpoint_meta(self) -> dict:
+        return {"model_signature": model_signature(self.arch), "switch_mode": self.config.algorithm.switch.mode}
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "loader": self.loader.state_dict(), "switch": self.switch.state_dict(),
+                "log_sigma": self.log_sigma.state_dict() if self.log_sigma else None}
+
+    def save(self) -> str:
+        return checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
+                                          self.trainer_state(), self.checkpoint_meta(),
+                                          self.config.trainer.keep_last)
+
+    def resume(self, path: str) -> None:
+        _, saved = checkpoint.load_checkpoint(path, self.state, self.checkpoint_meta())
+        self.step = saved["step"]
+        self.loader.load_state_dict(saved["loader"])
+        self.switch.load_state_dict(saved["switch"])
+        if self.log_sigma is not None:
+            self.log_sigma.load_state_dict(saved["log_sigma"])
+
+    def _resume_path(self):
+        t = self.config.trainer
+        if t.resume_from:
+            return t.resume_from
+        if t.resume:
+            found = checkpoint.complete_checkpoints(t.run_dir)
+            return found[-1] if found else None
+        return None
+
+    def run(self) -> list:
+        t, history = self.config.trainer, []
+        path = self._resume_path()
+        if path:
+            self.resume(path)
+        self.sync.sync()  # the engine starts from the trainer's weights, fresh or resumed
+        logger = MetricsLogger(t.run_dir, t.total_steps, start_step=self.step, enabled=self.ctx.rank == 0)
+        if self.config.algorithm.switch.mode == "probe" and self.switch.state_dict()["probe"] is None:
+            logger.log_event("probe", self.run_probe())
+        while self.step < t.total_steps:
+            metrics = self.train_step()
+            if t.eval_every and self.step % t.eval_every == 0:
+                metrics.update(self.evaluate())
+            logger.log(self.step, metrics)
+            history.append(metrics)
+            if (t.save_every and self.step % t.save_every == 0) or self.step == t.total_steps:
+                self.save()
+        logger.close()
+        return history
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+
+
+def model_signature(arch: ModelArch) -> str:
+    """What a checkpoint must match to be loaded into this model."""
+    return (f"{arch.name}:h{arch.hidden_size}:l{arch.num_layers}:a{arch.num_heads}:kv{arch.num_kv_heads}"
+            f":f{arch.ffn_hidden_size}:v{arch.vocab_size}:tied{int(arch.tied_embeddings)}")

@@ -1,0 +1,121 @@
+"""Model weights as a megatron-core distributed checkpoint (torch_dist backend), plus our metadata.
+
+A checkpoint directory holds:
+
+    superrl_checkpoint.json  what was saved: the model signature (architecture + padded vocab), the
+                             source HF config, the TP x PP it was written at, and caller extras
+    hf/                      the source model's config, generation config and tokenizer files
+    dist_ckpt/               megatron-core `dist_checkpointing` files
+
+Global tensor shapes in `dist_ckpt/` do not depend on TP or PP (the padded vocab is TP-independent),
+so any TP x PP layout loads the checkpoint: dist_checkpointing reads each rank's slices (resharding).
+The metadata file is written last, so a checkpoint without it is incomplete.
+"""
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.dist_checkpointing.validation import StrictHandling
+
+from superrl.models.architecture import ModelArch, arch_from_hf_config
+from superrl.weights.hf_checkpoint import CheckpointError
+from superrl.weights.load import unwrap_model
+
+FORMAT = "superrl-megatron-v1"
+METADATA_FILE = "superrl_checkpoint.json"
+HF_FILES_DIR = "hf"
+DIST_CKPT_DIR = "dist_ckpt"
+# Weight files of an HF model folder; every other file (config, tokenizer, ...) travels with the model.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".index.json")
+
+
+def model_signature(arch: ModelArch, padded_vocab: int) -> dict:
+    """Everything that decides the checkpoint's tensors: equal signatures <=> loadable weights."""
+    return {**dataclasses.asdict(arch), "padded_vocab": padded_vocab}
+
+
+def checkpoint_metadata(arch: ModelArch, hf_config: dict, tp: int, pp: int, padded_vocab: int, **extra) -> dict:
+    return {"format": FORMAT, "model_signature": model_signature(arch, padded_vocab), "hf_config": hf_config,
+            "tp": tp, "pp": pp, "padded_vocab": padded_vocab, **extra}
+
+
+def checkpoint_arch(metadata: dict) -> ModelArch:
+    return arch_from_hf_config(metadata["hf_config"], f"{METADATA_FILE} hf_config")
+
+
+def read_checkpoint_metadata(directory: str) -> dict:
+    path = os.path.join(directory, METADATA_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{directory!r} is not a complete SuperRL megatron checkpoint (no {METADATA_FILE})")
+    with open(path) as f:
+        metadata = json.load(f)
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {metadata.get('format')!r} is not {FORMAT!r}")
+    return metadata
+
+
+def check_same_model(metadata: dict, arch: ModelArch, padded_vocab: int, directory: str) -> None:
+    """Name every field in which the checkpoint's model differs from `arch` (a clear error, not a
+    shape mismatch deep inside dist_checkpointing)."""
+    saved, here = metadata["model_signature"], model_signature(arch, padded_vocab)
+    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {here[k]!r} here" for k in here if saved.get(k) != here[k]]
+    if diffs:
+        raise CheckpointError(f"checkpoint {directory!r} is from a different model ({'; '.join(diffs)})")
+
+
+def copy_hf_files(src_dir: str, dst_dir: str) -> None:
+    """Copy config and tokenizer files (everything but the weights) of an HF model folder."""
+    os.makedirs(dst_dir, exist_ok=True)
+    for name in os.listdir(src_dir):
+        path = os.path.join(src_dir, name)
+        if os.path.isfile(path) and not name.startswith(".") and not name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copy2(path, os.path.join(dst_dir, name))
+
+
+def _use_forked_writer_results_queue() -> None:
+    # megatron's filesystem writer lazily starts a `spawn` multiprocessing Manager for its results
+    # queue; the spawned child re-imports __main__ (megatron, transformers: 10-20 s on a busy CPU
+    # box) and deadlocks scripts without a __main__ guard. A forked Manager serves the same queue.
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+
+
+def save_sharded_state(sharded_state_dict: dict, directory: str, metadata: dict) -> None:
+    """Collective: write a sharded state dict (model, or model + optimizer) and the metadata."""
+    dist_dir = os.path.join(directory, DIST_CKPT_DIR)
+    if dist.get_rank() == 0:
+        if os.path.exists(os.path.join(directory, METADATA_FILE)):
+            os.remove(os.path.join(directory, METADATA_FILE))  # incomplete until rewritten below
+        os.makedirs(dist_dir, exist_ok=True)
+    dist.barrier()
+    _use_forked_writer_results_queue()
+    dist_checkpointing.save(sharded_state_dict, dist_dir)  # synchronous: returns once written
+    if dist.get_rank() == 0:
+        with open(os.path.join(directory, METADATA_FILE), "w") as f:
+            json.dump(metadata, f, indent=2)
+    dist.barrier()
+
+
+def save_model_checkpoint(model_chunk, directory: str, metadata: dict) -> None:
+    """Collective over all ranks: each saves its TP x PP shard of the model weights."""
+    save_sharded_state(unwrap_model(model_chunk).sharded_state_dict(), directory, metadata)
+
+
+def load_model_checkpoint(model_chunk, directory: str, arch: ModelArch) -> dict:
+    """Collective: fill this rank's shard of the model from a checkpoint saved at any TP x PP.
+
+    Raises CheckpointError naming the differing fields when the checkpoint is from another model.
+    Returns the checkpoint's metadata.
+    """
+    metadata = read_checkpoint_metadata(directory)
+    model = unwrap_model(model_chunk)
+    check_same_model(metadata, arch, model.vocab_size, directory)
+    state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(directory, DIST_CKPT_DIR),
+                                    strict=StrictHandling.RAISE_ALL)
+    model.load_state_dict(state)
+    return metadata
