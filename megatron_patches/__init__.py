@@ -5,7 +5,7 @@ apply (PatchMismatchError) when the megatron-core code it rewrites is not what i
 """
 import torch
 
-from . import cuda_redirect, rng_tracker, tensor_cuda_calls, tensor_type_checks
+from . import cuda_redirect, rng_tracker, tensor_cuda_calls, tensor_type_checks, torch_adam_step
 from ._core import PatchMismatchError, check_megatron_version
 
 __all__ = ["apply", "PatchMismatchError"]
@@ -24,5 +24,6 @@ def apply(force: bool = False) -> bool:
     rng_tracker.apply()
     tensor_type_checks.apply()
     tensor_cuda_calls.apply()
+    torch_adam_step.apply()
     _applied = True
     return True
