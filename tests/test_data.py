@@ -61,7 +61,8 @@ GENERIC_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("fixture, count, source", [(GSM8K, 20, "gsm8k"), (MATH, 15, "math"), (HOTPOTQA, 8, "hotpotqa")])
+@pytest.mark.parametrize("fixture, count, source",
+                         [(GSM8K, 20, "gsm8k"), (MATH, 15, "math"), (HOTPOTQA, 8, "hotpotqa")])
 def test_fixtures_load_from_jsonl_and_parquet(tmp_path, fixture, count, source):
     from_jsonl = load_rows([fixture])
     assert len(from_jsonl.rows) == count and from_jsonl.data_sources == {source}
@@ -318,12 +319,18 @@ def test_arith_problems_are_correct(tmp_path, level, steps, digits):
     assert {row["data_source"] for row in load_rows(tmp_path / "a.jsonl").rows} == {f"arith_l{level}"}
 
 
+@pytest.mark.parametrize("level, limit", [(1, 64), (2, 64), (4, 96)])
+def test_arith_prompts_fit_tiny_model_budgets(tmp_path, tokenizer, level, limit):
+    rows = load_rows(make_arith(tmp_path, "a.jsonl", "--level", str(level), "--n", "200")).rows
+    assert build_examples(rows, tokenizer, max_prompt_len=limit).prompts_dropped == 0
+
+
 def test_arith_is_deterministic_and_eval_can_exclude_train(tmp_path):
-    train = make_arith(tmp_path, "train.jsonl", "--level", "1", "--n", "300", "--seed", "0")
-    assert train.read_bytes() == make_arith(tmp_path, "again.jsonl", "--level", "1", "--n", "300", "--seed", "0").read_bytes()
-    other = make_arith(tmp_path, "other.jsonl", "--level", "1", "--n", "300", "--seed", "1")
-    assert other.read_bytes() != train.read_bytes()
-    held_out = make_arith(tmp_path, "eval.jsonl", "--level", "1", "--n", "300", "--seed", "0", "--exclude", str(train))
+    level_1 = ("--level", "1", "--n", "300")
+    train = make_arith(tmp_path, "train.jsonl", *level_1, "--seed", "0")
+    assert train.read_bytes() == make_arith(tmp_path, "again.jsonl", *level_1, "--seed", "0").read_bytes()
+    assert train.read_bytes() != make_arith(tmp_path, "other.jsonl", *level_1, "--seed", "1").read_bytes()
+    held_out = make_arith(tmp_path, "eval.jsonl", *level_1, "--seed", "0", "--exclude", str(train))
     assert not {r["question"] for r in read_jsonl(train)} & {r["question"] for r in read_jsonl(held_out)}
 
 

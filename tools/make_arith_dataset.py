@@ -17,6 +17,8 @@ step ("23 + 45 = 68") and then "#### 68". Levels:
       5      5      3     ...                 (out of distribution: more steps)
       6      6      4     ...                 (out of distribution: more steps, bigger numbers)
 
+With the tiny tokenizer of ``tools/make_tiny_model.py`` and its chat template, prompts are about
+50 tokens at level 1, at most 64 at level 2, at most 96 at level 4 and up to ~120 at level 6.
 ``--steps`` / ``--digits`` override a level's shape for other out-of-distribution sets. Output is
 deterministic for a seed. Questions are unique within a file; for disjoint train/eval sets use a
 different seed for eval *and* ``--exclude`` the train file (different seeds alone can repeat a

@@ -83,6 +83,8 @@ class RewardWorkerPool:
             worker.wait_ready(startup_timeout_s)
 
     def run(self, calls: Sequence[tuple[str, object, object]]) -> list[CallResult]:
+        if not self._workers:
+            raise RuntimeError("the reward pool is closed")
         results: list[CallResult | None] = [None] * len(calls)
         pending = deque(range(len(calls)))
         chunk = max(1, min(self._chunk_size, -(-len(calls) // len(self._workers))))  # spread small batches
@@ -127,7 +129,7 @@ class RewardWorkerPool:
         while worker.inflight and worker.conn.poll():
             try:
                 slot, status, payload = worker.conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # the worker died mid-call
                 worker.process.join(timeout=5)  # reap it, so the exit code is known
                 message = f"reward worker died (exit code {worker.process.exitcode})"
                 self._fail_current(worker, results, pending, CallResult(CRASH, message=message))
