@@ -56,6 +56,16 @@ def _check(proc_outputs):
             raise AssertionError(f"torchrun exited {rc}:\n" + "\n".join(lines)[-8000:])
 
 
+def torchrun_module(module: str, nproc: int, args=(), timeout: float = 600, cwd=REPO_ROOT) -> str:
+    """Run `torchrun --standalone --nproc-per-node nproc -m module args...` as users do; return output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", module, *[str(a) for a in args]]
+    env = _env(tempfile.gettempdir())
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    _check([(proc.returncode, proc.stdout + proc.stderr)])
+    return proc.stdout + proc.stderr
+
+
 def run_torchrun(script: str, nproc: int, args=(), timeout: float = 600) -> list:
     """Run `torchrun --standalone --nproc-per-node nproc script args...`; return per-rank results."""
     with tempfile.TemporaryDirectory() as result_dir:

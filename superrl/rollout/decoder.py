@@ -3,6 +3,8 @@
 Numerics follow `transformers` (float32 RMSNorm statistics, float32 RoPE tables, SDPA attention),
 so greedy decoding reproduces HF token for token and log-probs agree to float rounding.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def linear_plus(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """residual + x @ weight.T in one GEMM call (x and residual 2-D)."""
     return torch.addmm(residual, x, weight.t())
+
+
+@dataclass
+class PackedPrompts:
+    """A prefill batch concatenated without padding (N real tokens over b prompts)."""
+    tokens: torch.Tensor  # [N]
+    positions: torch.Tensor  # [N] position of each token within its prompt
+    rows: torch.Tensor  # [N] which prompt (0..b-1) each token belongs to
+    slots: torch.Tensor  # [b] cache slot of each prompt
+    last: torch.Tensor  # [b] packed index of each prompt's last token
+    longest: int
+
+    @classmethod
+    def build(cls, prompts: list, slots: list, device) -> "PackedPrompts":
+        lengths = torch.tensor([len(p) for p in prompts])
+        rows = torch.arange(len(prompts)).repeat_interleave(lengths)
+        starts = lengths.cumsum(0) - lengths
+        positions = torch.arange(int(lengths.sum())) - starts[rows]
+        tokens = torch.tensor([t for p in prompts for t in p])
+        return cls(tokens.to(device), positions.to(device), rows.to(device),
+                   torch.tensor(slots, device=device), (starts + lengths - 1).to(device), int(lengths.max()))
 
 
 class Decoder:
@@ -53,33 +76,32 @@ class Decoder:
         h = rms_norm(x, self.w.final_norm, self.cfg.rms_norm_eps)
         return F.linear(h, self.w.lm_head).float()
 
-    def prefill(self, tokens: torch.Tensor, slots: torch.Tensor, last_index: torch.Tensor,
-                cache: KVCache) -> torch.Tensor:
-        """tokens [b, T] right-padded prompts written into cache rows `slots` at positions [0, T).
+    def prefill(self, prompts: PackedPrompts, cache: KVCache) -> torch.Tensor:
+        """Run whole prompts, write their keys/values into cache rows `prompts.slots`, and return
+        float32 logits [b, vocab] at each prompt's last token.
 
-        Right padding keeps every real token at its true position, and a plain causal mask already
-        stops real tokens from seeing the pads after them; the pads' cache entries lie beyond each
-        sequence's length, so decode masks them out and later overwrites them.
-        Returns float32 logits [b, vocab] at each prompt's last real token (`last_index`).
+        GEMMs run on the packed real tokens only; attention alone scatters queries into a
+        right-padded [b, T] layout and reads keys back from the cache. Right padding keeps every
+        token at its true position and a plain causal mask keeps real queries off the pad entries.
         """
-        batch, length = tokens.shape
-        positions = torch.arange(length, device=tokens.device).repeat(batch)
-        cos, signed_sin = self.cos[positions, None, :], self.signed_sin[positions, None, :]
-
-        def by_sequence(t):  # [b * T, heads, head_dim] -> [b, heads, T, head_dim]
-            return t.unflatten(0, (batch, length)).transpose(1, 2)
-
-        x = F.embedding(tokens.flatten(), self.w.embed)
+        batch, length = prompts.slots.shape[0], prompts.longest
+        cos = self.cos[prompts.positions, None, :]
+        signed_sin = self.signed_sin[prompts.positions, None, :]
+        token_slots = prompts.slots[prompts.rows]
+        x = F.embedding(prompts.tokens, self.w.embed)
         for index, layer in enumerate(self.w.layers):
             def attend(q, k, v, index=index):
-                k, v = by_sequence(k), by_sequence(v)
-                cache.keys[index, slots, :, :length] = k
-                cache.values[index, slots, :, :length] = v
-                out = F.scaled_dot_product_attention(by_sequence(q), k, v, is_causal=True, enable_gqa=True)
-                return out.transpose(1, 2).flatten(0, 1).flatten(1)
+                cache.keys[index, token_slots, :, prompts.positions] = k
+                cache.values[index, token_slots, :, prompts.positions] = v
+                keys = cache.keys[index, prompts.slots, :, :length]  # [b, kv_heads, T, head_dim]
+                values = cache.values[index, prompts.slots, :, :length]
+                padded_q = q.new_zeros(batch, length, *q.shape[1:])
+                padded_q[prompts.rows, prompts.positions] = q
+                out = F.scaled_dot_product_attention(padded_q.transpose(1, 2), keys, values,
+                                                     is_causal=True, enable_gqa=True)
+                return out.transpose(1, 2)[prompts.rows, prompts.positions].flatten(1)
             x = self._block(x, layer, cos, signed_sin, attend)
-        last = torch.arange(batch, device=x.device) * length + last_index
-        return self._logits(x[last])
+        return self._logits(x[prompts.last])
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, context: int,
                cache: KVCache) -> torch.Tensor:

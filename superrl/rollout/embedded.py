@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from superrl.rollout.decoder import Decoder
+from superrl.rollout.decoder import Decoder, PackedPrompts
 from superrl.rollout.decoder_weights import DecoderWeights
 from superrl.rollout.hf_checkpoint import load_tensors, parse_dtype, read_config
 from superrl.rollout.kv_cache import KVCache
@@ -113,12 +113,9 @@ class EmbeddedEngine:
 
     def _prefill(self, admitted: list, sampler: Sampler, scheduler: SlotScheduler,
                  stop_ids: set, max_tokens: int) -> None:
-        longest = max(len(seq.prompt) for _, seq in admitted)
-        padded = [seq.prompt + [0] * (longest - len(seq.prompt)) for _, seq in admitted]
-        tokens = torch.tensor(padded, device=self.device)
-        slots = torch.tensor([slot for slot, _ in admitted], device=self.device)
-        last_index = torch.tensor([len(seq.prompt) - 1 for _, seq in admitted], device=self.device)
-        logits = self.decoder.prefill(tokens, slots, last_index, self.cache)
+        packed = PackedPrompts.build([seq.prompt for _, seq in admitted],
+                                     [slot for slot, _ in admitted], self.device)
+        logits = self.decoder.prefill(packed, self.cache)
         seeds = torch.tensor([seq.seed for _, seq in admitted], device=self.device)
         sampled = sampler(logits, seeds, torch.zeros_like(seeds))
         rows = [(row, slot, seq) for row, (slot, seq) in enumerate(admitted)]

@@ -43,6 +43,8 @@ def import_vllm():
         import vllm
     except ImportError as err:
         raise ImportError(INSTALL_HINT) from err
+    if not hasattr(vllm, "LLM"):  # e.g. a directory named vllm/ on sys.path, imported as a namespace
+        raise ImportError(f"`import vllm` found {list(vllm.__path__)}, not vLLM. {INSTALL_HINT}")
     return vllm
 
 

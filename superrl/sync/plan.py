@@ -6,8 +6,6 @@ running the shared weight mapping (`stage_state_to_hf`) on meta tensors: they ar
 the order in which `export_hf_weights` yields a stage's tensors.
 """
 from dataclasses import dataclass
-from itertools import islice
-
 import torch
 
 from superrl.models.architecture import ModelArch
@@ -68,22 +66,24 @@ class Bucket:
     def pack(self, exported, buffer: torch.Tensor) -> torch.Tensor:
         """Copy the next tensors of the `exported` stream into `buffer`; return the filled flat bucket.
 
-        A bucket of one tensor travels as that tensor (no copy): this is what keeps a tensor larger
-        than the bucket size from needing a second, bucket-sized copy of itself.
+        Tensors are copied one at a time as the stream produces them, so only one exported tensor
+        is alive besides the buffer. A bucket of one tensor travels as that tensor (no copy): a
+        tensor larger than the bucket size never needs a second, bucket-sized copy of itself.
         """
-        received = list(islice(exported, len(self.slots)))
-        if len(received) != len(self.slots):
-            raise RuntimeError(f"weight sync: stage {self.stage} exported fewer tensors than planned")
-        for slot, (name, tensor) in zip(self.slots, received):
-            if name != slot.name or tuple(tensor.shape) != slot.shape:
-                raise RuntimeError(f"weight sync plan expects {slot.name} {slot.shape}, the model exported "
-                                   f"{name} {tuple(tensor.shape)} (plan and weight mapping disagree)")
         if len(self.slots) == 1:
-            return received[0][1].reshape(-1)
+            return self._next_checked(exported, self.slots[0]).reshape(-1)
         flat = buffer[:self.numel]
-        for slot, (_, tensor) in zip(self.slots, received):
-            flat[slot.offset:slot.offset + slot.numel].copy_(tensor.reshape(-1))
+        for slot in self.slots:
+            flat[slot.offset:slot.offset + slot.numel].copy_(self._next_checked(exported, slot).reshape(-1))
         return flat
+
+    def _next_checked(self, exported, slot: Slot) -> torch.Tensor:
+        name, tensor = next(exported, (None, None))
+        if name != slot.name or tuple(tensor.shape) != slot.shape:
+            got = "nothing" if name is None else f"{name} {tuple(tensor.shape)}"
+            raise RuntimeError(f"weight sync plan expects {slot.name} {slot.shape} from stage {self.stage}, "
+                               f"the model exported {got} (plan and weight mapping disagree)")
+        return tensor
 
 
 def plan_stage_buckets(shapes: list, stage: int, bucket_numel: int) -> list:

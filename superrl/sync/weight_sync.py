@@ -108,6 +108,7 @@ class WeightSync:
                     torch.empty(bucket.numel, dtype=self.dtype, device=self.device)
                 dist.recv(flat, src=self.stage_ranks[bucket.stage], group=self.pp_group)
             self.apply_bucket(bucket, flat)
+            del flat  # a solo bucket is the exported tensor itself: free it before the next export
 
     def _pack_and_send(self, exported) -> None:
         buffer = self._buffer()

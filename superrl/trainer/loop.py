@@ -211,3 +211,18 @@ def model_signature(arch: ModelArch) -> str:
     """What a checkpoint must match to be loaded into this model."""
     return (f"{arch.name}:h{arch.hidden_size}:l{arch.num_layers}:a{arch.num_heads}:kv{arch.num_kv_heads}"
             f":f{arch.ffn_hidden_size}:v{arch.vocab_size}:tied{int(arch.tied_embeddings)}")
+
+
+def evaluate_checkpoint(config: Config, arch: ModelArch, ctx: ParallelContext, path: str) -> dict:
+    """Model weights of a training checkpoint -> engine -> held-out accuracy (on global rank 0)."""
+    tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
+    examples = load_examples(config, config.data.eval_files, tokenizer)[1].examples
+    state = build_train_state(config, arch, load_weights=False)
+    checkpoint.load_checkpoint(path, state, {"model_signature": model_signature(arch)}, load_trainer_state=False)
+    engine = build_engine(config) if owns_engine() else None
+    WeightSync(state.model, arch, engine, config.rollout.sync_bucket_mb).sync()
+    if ctx.rank != 0:
+        return {}
+    with RewardScorer({ex.data_source for ex in examples}, config.reward.function,
+                      timeout_s=config.reward.timeout_s) as scorer:
+        return evaluate(engine, tokenizer, scorer, examples, config.rollout.max_tokens)

@@ -39,9 +39,11 @@ def model_signature(arch: ModelArch, padded_vocab: int) -> dict:
     return {**dataclasses.asdict(arch), "padded_vocab": padded_vocab}
 
 
-def checkpoint_metadata(arch: ModelArch, hf_config: dict, tp: int, pp: int, padded_vocab: int, **extra) -> dict:
+def checkpoint_metadata(arch: ModelArch, hf_config: dict, tp: int, pp: int, padded_vocab: int,
+                        hf_dtype: str = "float32", **extra) -> dict:
+    """`hf_dtype`: the source weights' dtype, which an HF export casts back to (the model is float32)."""
     return {"format": FORMAT, "model_signature": model_signature(arch, padded_vocab), "hf_config": hf_config,
-            "tp": tp, "pp": pp, "padded_vocab": padded_vocab, **extra}
+            "tp": tp, "pp": pp, "padded_vocab": padded_vocab, "hf_dtype": hf_dtype, **extra}
 
 
 def checkpoint_arch(metadata: dict) -> ModelArch:

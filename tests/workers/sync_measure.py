@@ -1,0 +1,84 @@
+"""Worker: peak extra memory and wall time of WeightSync for several bucket sizes, plus a memcpy of
+the same bytes timed in the same process. Shared by tests/test_sync.py (asserts the memory bound)
+and bench/weight_sync.py (reports time ratios); tests never look at the timings.
+
+Peak extra memory = resident high-water mark during the syncs minus the resident size just before
+them (Linux: /proc/self/clear_refs resets VmHWM). Launch with MALLOC_MMAP_THRESHOLD_ set low so
+glibc maps every tensor-sized allocation and unmaps it on free: RSS then follows live tensors
+instead of heap memory malloc keeps after a free. One untimed sync first, so one-off Python/allocator
+growth is not charged to a bucket size.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dist_harness import write_result
+from superrl.distributed import init_distributed
+from superrl.models.architecture import load_arch
+from superrl.models.gpt import build_policy_model
+from superrl.rollout import EmbeddedEngine
+from superrl.sync import WeightSync
+from superrl.weights.load import load_hf_weights
+
+
+def resident_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def measure_sync(sync: WeightSync, repeats: int) -> dict:
+    dist.barrier()
+    baseline = resident_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    seconds = []
+    for _ in range(repeats):
+        dist.barrier()  # all stages start together; the owner's time covers everyone's work
+        seconds.append(sync.sync().seconds)
+    return {"seconds": min(seconds), "peak_extra_bytes": resident_bytes("VmHWM") - baseline}
+
+
+def memcpy_seconds(nbytes: int, repeats: int) -> float:
+    src = torch.ones(nbytes // 4)
+    dst = torch.zeros_like(src)  # written once so page faults are not timed
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--hf-dir", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--bucket-mb", type=float, nargs="+", required=True)
+    p.add_argument("--repeats", type=int, default=1)
+    args = p.parse_args()
+    arch = load_arch(args.hf_dir)
+    ctx = init_distributed(args.tp, args.pp, seed=0)
+    padded_vocab = arch.padded_vocab_size(128)
+    model = build_policy_model(arch, args.tp, args.pp, padded_vocab, "off")
+    load_hf_weights(model, args.hf_dir, arch, padded_vocab)
+    engine = EmbeddedEngine(args.hf_dir) if ctx.tp_rank == 0 and ctx.pp_rank == 0 else None
+    results = []
+    for bucket_mb in args.bucket_mb:
+        sync = WeightSync(model, arch, engine, bucket_mb)
+        sync.sync()  # warm-up, untimed
+        results.append({"bucket_mb": bucket_mb, "bytes": sync.total_bytes,
+                        "largest_tensor_bytes": max(s.numel for b in sync.plan for s in b.slots) * 4,
+                        **measure_sync(sync, args.repeats)})
+    dist.barrier()
+    memcpy = memcpy_seconds(results[0]["bytes"], max(3, args.repeats)) if ctx.rank == 0 else None
+    write_result({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank,
+                  "memcpy_seconds": memcpy, "syncs": results})
+
+
+if __name__ == "__main__":
+    main()
