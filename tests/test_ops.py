@@ -41,6 +41,10 @@ def naive_reference(logits, targets):
     return torch.where(ignored, 0, picked), torch.where(ignored, 0, entropy)
 
 
+def naive_linear_reference(hidden, weight, targets):
+    return naive_reference(hidden @ weight.t(), targets)
+
+
 def loss_of(outputs, inputs, upstream):
     """sum g*logprobs + sum e*entropy over the terms switched on in `upstream`."""
     use_logprobs, use_entropy = upstream
@@ -83,8 +87,7 @@ def test_logits_path_matches_float64_reference(dtype, upstream):
 def test_fused_linear_matches_float64_reference(dtype, upstream):
     inputs = make_inputs()
     leaves = [inputs["hidden"], inputs["weight"]]
-    naive = lambda hidden, weight, targets: naive_reference(hidden @ weight.t(), targets)  # noqa: E731
-    expected, expected_grads = run(naive, leaves, inputs, upstream, torch.float64)
+    expected, expected_grads = run(naive_linear_reference, leaves, inputs, upstream, torch.float64)
     actual, actual_grads = run(fused_linear_logprobs_and_entropy, leaves, inputs, upstream, dtype,
                                chunk_size=CHUNK)
     for name, a, e in zip(["logprobs", "entropy", "dhidden", "dweight"],
@@ -104,7 +107,7 @@ def test_ignored_positions_are_zero_with_zero_gradient():
     assert torch.count_nonzero(grad_logits[~ignored]) > 0
 
 
-def test_half_precision_logits_reduce_in_float32():
+def test_half_precision_inputs_reduce_in_float32():
     inputs = make_inputs()
     logits = inputs["hidden"] @ inputs["weight"].t()
     expected, (expected_grad,) = run(naive_reference, [logits], inputs, UPSTREAM["both"], torch.float64)
@@ -113,6 +116,14 @@ def test_half_precision_logits_reduce_in_float32():
     # bf16 logits carry ~2**-9 relative rounding of values up to ~10: compare at that scale.
     assert_rel_close(actual[0], expected[0], 2e-2, "logprobs")
     assert_rel_close(actual_grad, expected_grad, 2e-2, "dlogits")
+    leaves = [inputs["hidden"], inputs["weight"]]
+    expected, expected_grads = run(naive_linear_reference, leaves, inputs, UPSTREAM["both"], torch.float64)
+    actual, actual_grads = run(fused_linear_logprobs_and_entropy, leaves, inputs, UPSTREAM["both"],
+                               torch.bfloat16, chunk_size=CHUNK)
+    assert actual[1].dtype == torch.float32 and actual_grads[1].dtype == torch.bfloat16
+    for name, a, e in zip(["logprobs", "dhidden", "dweight"], [actual[0], *actual_grads],
+                          [expected[0], *expected_grads]):
+        assert_rel_close(a, e, 5e-2, name)
 
 
 class RecordingProjection(DenseProjection):

@@ -61,9 +61,13 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json") -> ModelArch:
     )
 
 
-def load_arch(hf_dir: str) -> ModelArch:
+def read_hf_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{hf_dir!r} has no config.json")
     with open(path) as f:
-        return arch_from_hf_config(json.load(f), path)
+        return json.load(f)
+
+
+def load_arch(hf_dir: str) -> ModelArch:
+    return arch_from_hf_config(read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))

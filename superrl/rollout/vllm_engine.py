@@ -20,6 +20,13 @@ reload carrying q_proj without k_proj/v_proj corrupts the layer (measured: garba
 may split tensors over calls however they like (e.g. sync buckets): `FusedLayerBuffer` holds the
 parts of a fused layer until all of them have arrived.
 
+Sleep mode (colocated training): used where vLLM supports it (CUDA/ROCm/XPU). vLLM's CPU backend
+has none (`enable_sleep_mode=True` raises there, its worker's sleep() only logs), so on CPU
+sleep()/wake_up() only mark the engine asleep -- weights and KV cache stay in host memory.
+
+CPU caveat: the in-process CPU worker binds this process's OpenMP threads to cores and replaces
+`torch.set_num_threads` with a no-op process-wide; set threads before building the engine.
+
 vLLM is imported lazily, so `import superrl.rollout` works without it.
 """
 import glob
@@ -48,17 +55,10 @@ def import_vllm():
     return vllm
 
 
-def sleep_mode_available() -> bool:
-    """vLLM's own answer: sleep mode needs the CUDA/ROCm/XPU memory allocator (False on CPU)."""
+def vllm_platform():
     import_vllm()
     from vllm.platforms import current_platform
-    return current_platform.is_sleep_mode_available()
-
-
-def running_on_cpu() -> bool:
-    import_vllm()
-    from vllm.platforms import current_platform
-    return current_platform.is_cpu()
+    return current_platform
 
 
 class VLLMEngine:
@@ -74,11 +74,14 @@ class VLLMEngine:
             raise FileNotFoundError(f"VLLMEngine: {model_dir!r} is not an HF model directory (no config.json)")
         # In-process engine core: update_weights hands tensors to the worker without a copy.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # Without OMP_NUM_THREADS vLLM drops torch to one thread "for serving" -- process-wide, so
+        # a colocated trainer in this process would lose its threads too.
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         vllm = import_vllm()
-        if enable_sleep_mode is None:
-            enable_sleep_mode = sleep_mode_available()
+        if enable_sleep_mode is None:  # vLLM's sleep mode needs the CUDA/ROCm/XPU allocator
+            enable_sleep_mode = vllm_platform().is_sleep_mode_available()
         if enforce_eager is None:
-            enforce_eager = running_on_cpu()
+            enforce_eager = vllm_platform().is_cpu()
         optional = dict(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                         enable_prefix_caching=enable_prefix_caching)
         self.llm = vllm.LLM(
@@ -162,6 +165,8 @@ class VLLMEngine:
 
 
 def check_prompts(prompt_token_ids: list) -> None:
+    if not prompt_token_ids:
+        raise ValueError("VLLMEngine.generate: prompt_token_ids is empty")
     for i, ids in enumerate(prompt_token_ids):
         if len(ids) == 0:
             raise ValueError(f"VLLMEngine.generate: prompt {i} is empty")

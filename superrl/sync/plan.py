@@ -64,26 +64,35 @@ class Bucket:
         return [(s.name, flat[s.offset:s.offset + s.numel].view(s.shape)) for s in self.slots]
 
     def pack(self, exported, buffer: torch.Tensor) -> torch.Tensor:
-        """Copy the next tensors of the `exported` stream into `buffer`; return the filled flat bucket.
+        """Copy the next tensors of the `exported` (HF name, full tensor) stream into `buffer`; return
+        the filled flat bucket.
 
         Tensors are copied one at a time as the stream produces them, so only one exported tensor
         is alive besides the buffer. A bucket of one tensor travels as that tensor (no copy): a
         tensor larger than the bucket size never needs a second, bucket-sized copy of itself.
         """
         if len(self.slots) == 1:
-            return self._next_checked(exported, self.slots[0]).reshape(-1)
+            return self._checked_tensor(exported, self.slots[0]).reshape(-1)
         flat = buffer[:self.numel]
         for slot in self.slots:
-            flat[slot.offset:slot.offset + slot.numel].copy_(self._next_checked(exported, slot).reshape(-1))
+            flat[slot.offset:slot.offset + slot.numel].copy_(self._checked_tensor(exported, slot).reshape(-1))
         return flat
 
-    def _next_checked(self, exported, slot: Slot) -> torch.Tensor:
-        name, tensor = next(exported, (None, None))
-        if name != slot.name or tuple(tensor.shape) != slot.shape:
-            got = "nothing" if name is None else f"{name} {tuple(tensor.shape)}"
-            raise RuntimeError(f"weight sync plan expects {slot.name} {slot.shape} from stage {self.stage}, "
-                               f"the model exported {got} (plan and weight mapping disagree)")
+    def _checked_tensor(self, exported, slot: Slot) -> torch.Tensor:
+        _, tensor = self.next_item(exported, slot)
+        if tuple(tensor.shape) != slot.shape:
+            raise RuntimeError(f"weight sync plan expects {slot.name} {slot.shape}, the model exported "
+                               f"shape {tuple(tensor.shape)} (plan and weight mapping disagree)")
         return tensor
+
+    def next_item(self, stream, slot: Slot) -> tuple:
+        """The next (HF name, ...) item of a stage's export stream, which must be `slot`'s tensor."""
+        item = next(stream, None)
+        if item is None or item[0] != slot.name:
+            got = "nothing" if item is None else item[0]
+            raise RuntimeError(f"weight sync plan expects {slot.name} from stage {self.stage}, the model "
+                               f"exported {got} (plan and weight mapping disagree)")
+        return item
 
 
 def plan_stage_buckets(shapes: list, stage: int, bucket_numel: int) -> list:
@@ -109,5 +118,5 @@ def build_plan(arch: ModelArch, pp_size: int, bucket_bytes: int, element_size: i
 
 
 def packing_capacity(plan: list) -> int:
-    """Elements of the one reusable flat buffer: the largest bucket that needs packing."""
+    """Elements of a reusable flat buffer for buckets that need packing (lone tensors travel as is)."""
     return max((b.numel for b in plan if len(b.slots) > 1), default=0)

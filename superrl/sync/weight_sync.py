@@ -1,27 +1,24 @@
 """Weight sync: the trainer's megatron shards -> full HF-named tensors -> the rollout engine, in buckets.
 
-Topology (one engine per data-parallel replica):
+    sync = WeightSync(state.model, arch, engine if owner else None, bucket_mb=config.rollout.sync_bucket_mb)
+    stats = sync.sync()  # every trainer rank, after each optimizer step
+    log(stats.metrics())  # sync/seconds, sync/bytes, sync/gbps
 
-* The engine lives on the replica's rank with tp_rank == 0 and pp_rank == 0, the *owner*; every
-  other rank passes `engine=None`.
-* Each PP stage exports its own layers, named with global layer indices, through the shared
-  mapping (`export_hf_weights`): a parameter's TP shards are all-gathered inside the stage's TP
-  group and resharded into full HF tensors. Only the stage's tp_rank-0 rank uses them; its TP peers
-  take part in the all-gathers and drop the result.
-* Stage 0's tensors are packed into flat buckets on the owner itself. Stage s > 0 packs on its
-  tp_rank-0 rank and sends each flat bucket point-to-point to the owner over their PP group (both
-  are tp_rank 0 of the same replica, so they share that group).
-* The owner applies bucket by bucket: `engine.update_weights` on views into the flat bucket.
+Topology: one engine per data-parallel replica, on the replica's rank with tp_rank == 0 and
+pp_rank == 0 (the *owner*); every other rank passes `engine=None`. Each PP stage exports its own
+layers, named with global layer indices, through the shared HF<->megatron mapping, and delivers
+them to the owner in the flat buckets of a plan that every rank derives from the architecture alone
+(plan.py), so no metadata is exchanged. The owner applies bucket by bucket: `engine.update_weights`
+on views into the flat bucket. The engine receives full tensors, so its own tensor parallelism
+(e.g. vLLM's) may differ from the trainer's.
 
-Every rank derives the same bucket plan from the architecture (see plan.py), so no metadata is
-exchanged: a bucket on the wire is just its flat tensor. The engine receives full tensors, so its
-own tensor parallelism (e.g. vLLM's) may differ from the trainer's.
-
-Memory: each packing or receiving rank holds one reusable flat buffer of at most `bucket_mb`
-while it syncs, plus the reshard of the one parameter being exported (at TP > 1 the all-gathered
-shards and their HF concatenation briefly coexist). A tensor larger than the bucket travels alone,
-as itself, never copied into a second bucket-sized buffer.
+Two transports move the bytes (the same split as slime's colocated / distributed weight update):
+* `shared_memory` (auto-selected for CPU tensors with the whole replica on one host): TP ranks
+  write their own slices straight into a bucket shared with the owner (shared_memory.py).
+* `collective` (anything else: GPU/NCCL, multi-node): TP all-gather, then point-to-point buckets
+  from each stage to the owner (collective.py).
 """
+import socket
 import time
 from dataclasses import dataclass
 
@@ -30,10 +27,12 @@ import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
 from superrl.models.architecture import ModelArch
-from superrl.sync.plan import Bucket, build_plan, packing_capacity
-from superrl.weights.load import export_hf_weights
+from superrl.sync.collective import CollectiveTransport
+from superrl.sync.plan import Bucket
+from superrl.sync.shared_memory import SharedMemoryTransport
 
 MB = 2**20
+TRANSPORTS = {"collective": CollectiveTransport, "shared_memory": SharedMemoryTransport}
 
 
 @dataclass(frozen=True)
@@ -56,64 +55,46 @@ def apply_to_engine(engine, bucket: Bucket, flat: torch.Tensor) -> None:
     engine.update_weights(bucket.unflatten(flat))
 
 
+def replica_on_one_host() -> bool:
+    hosts = [None] * dist.get_world_size(mpu.get_model_parallel_group())
+    dist.all_gather_object(hosts, socket.gethostname(), group=mpu.get_model_parallel_group())
+    return len(set(hosts)) == 1
+
+
+def choose_transport(model, transport: str) -> str:
+    if transport != "auto":
+        if transport not in TRANSPORTS:
+            raise ValueError(f"WeightSync: unknown transport {transport!r}; choose auto, {', '.join(TRANSPORTS)}")
+        return transport
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    # Every rank must take the same branch: the host check is collective, so it runs everywhere.
+    return "shared_memory" if replica_on_one_host() and on_cpu else "collective"
+
+
 class WeightSync:
-    """Collective: every trainer rank builds one and calls `sync()` after each optimizer step.
+    """Collective: every trainer rank builds one (same arguments) and calls `sync()` together.
 
     `engine`: the rollout engine on this replica's owner rank (tp_rank 0, pp_rank 0), None on every
     other rank. An object with `apply_bucket(bucket, flat)` (e.g. a sender to an engine in another
     process) is used as is; anything else is treated as an in-process RolloutEngine.
     """
 
-    def __init__(self, model, arch: ModelArch, engine=None, bucket_mb: float = 64):
-        self.model, self.arch = model, arch
-        self.tp_rank = mpu.get_tensor_model_parallel_rank()
-        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
-        self.is_owner = self.tp_rank == 0 and self.pp_rank == 0
-        if self.is_owner != (engine is not None):
-            raise ValueError(f"WeightSync: rank {dist.get_rank()} (tp_rank {self.tp_rank}, pp_rank "
-                             f"{self.pp_rank}) {'needs' if self.is_owner else 'must not have'} an engine: "
-                             "the engine lives on tp_rank 0 / pp_rank 0 of each data-parallel replica")
+    def __init__(self, model, arch: ModelArch, engine=None, bucket_mb: float = 64, transport: str = "auto"):
+        tp_rank, pp_rank = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
+        is_owner = tp_rank == 0 and pp_rank == 0
+        if is_owner != (engine is not None):
+            raise ValueError(f"WeightSync: rank {dist.get_rank()} (tp_rank {tp_rank}, pp_rank {pp_rank}) "
+                             f"{'needs' if is_owner else 'must not have'} an engine: the engine lives on "
+                             "tp_rank 0 / pp_rank 0 of each data-parallel replica")
         self.apply_bucket = getattr(engine, "apply_bucket", None) or (
             lambda bucket, flat: apply_to_engine(engine, bucket, flat))
-        self.pp_group = mpu.get_pipeline_model_parallel_group()
-        self.stage_ranks = dist.get_process_group_ranks(self.pp_group)  # global rank of each stage
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        self.plan = build_plan(arch, len(self.stage_ranks), int(bucket_mb * MB), param.element_size())
-        self.total_bytes = sum(b.numel for b in self.plan) * param.element_size()
+        self.transport = choose_transport(model, transport)
+        self._transport = TRANSPORTS[self.transport](model, arch, int(bucket_mb * MB))
+        self.plan = self._transport.plan
+        self.total_bytes = sum(b.numel for b in self.plan) * next(model.parameters()).element_size()
 
     @torch.no_grad()
     def sync(self) -> SyncStats:
         start = time.perf_counter()
-        exported = export_hf_weights(self.model, self.arch)
-        if self.is_owner:
-            self._receive_and_apply(exported)
-        elif self.tp_rank == 0:
-            self._pack_and_send(exported)
-        else:
-            for _ in exported:  # TP peers: take part in the all-gathers only
-                pass
+        self._transport.sync(self.apply_bucket)
         return SyncStats(time.perf_counter() - start, self.total_bytes, len(self.plan))
-
-    def _buffer(self) -> torch.Tensor:
-        return torch.empty(packing_capacity(self.plan), dtype=self.dtype, device=self.device)
-
-    def _receive_and_apply(self, exported) -> None:
-        buffer = self._buffer()
-        for bucket in self.plan:
-            if bucket.stage == 0:
-                flat = bucket.pack(exported, buffer)
-            else:
-                flat = buffer[:bucket.numel] if bucket.numel <= buffer.numel() else \
-                    torch.empty(bucket.numel, dtype=self.dtype, device=self.device)
-                dist.recv(flat, src=self.stage_ranks[bucket.stage], group=self.pp_group)
-            self.apply_bucket(bucket, flat)
-            del flat  # a solo bucket is the exported tensor itself: free it before the next export
-
-    def _pack_and_send(self, exported) -> None:
-        buffer = self._buffer()
-        owner = self.stage_ranks[0]
-        for bucket in self.plan:
-            if bucket.stage == self.pp_rank:
-                # Blocking send: the buffer is refilled only once the owner has this bucket.
-                dist.send(bucket.pack(exported, buffer), dst=owner, group=self.pp_group)

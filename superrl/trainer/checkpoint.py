@@ -1,13 +1,17 @@
 """Training checkpoints: `run_dir/checkpoints/step_N/`, written atomically, last N kept.
 
-    step_N/model_optim/   megatron distributed checkpoint (model + optimizer + scheduler), reshardable
-    step_N/trainer/       rank_XXXXX.pt: RNG states, data-loader position, switch state, log-sigma
-    step_N/meta.json      step, layout, model signature; written last, so its presence = complete
+A step_N directory is a SuperRL megatron checkpoint (superrl/weights/megatron_checkpoint.py), so
+`model.megatron_dir`, `tools/convert_megatron_to_hf.py` and `tools/compare_logits.py` read it as
+they read a converted model; its distributed checkpoint also holds the optimizer and scheduler:
+
+    step_N/dist_ckpt/              model + optimizer + scheduler, reshardable to any TP x PP x DP
+    step_N/hf/                     config and tokenizer files
+    step_N/trainer/rank_XXXXX.pt   RNG states, data-loader position, switch state, log-sigma
+    step_N/superrl_checkpoint.json written last: its presence means the checkpoint is complete
 
 Everything is written under `.tmp_step_N` and renamed by rank 0 after a barrier, so a crash mid-
 write never leaves a directory that looks complete. Loading uses `weights_only=True`: no pickle.
 """
-import json
 import os
 import random
 import shutil
@@ -15,14 +19,15 @@ import shutil
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state as mpu, tensor_parallel
+from megatron.core import dist_checkpointing, tensor_parallel
+
+from superrl.weights.hf_checkpoint import CheckpointError
+from superrl.weights.megatron_checkpoint import (DIST_CKPT_DIR, HF_FILES_DIR, METADATA_FILE, check_same_model,
+                                                 copy_hf_files, model_tensors, read_checkpoint_metadata,
+                                                 save_sharded_state)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}  # others fail on CPU/gloo
 STEP_PREFIX = "step_"
-
-
-class CheckpointMismatchError(ValueError):
-    pass
 
 
 def checkpoint_root(run_dir: str) -> str:
@@ -36,15 +41,16 @@ def complete_checkpoints(run_dir: str) -> list:
         return []
     steps = sorted(int(d[len(STEP_PREFIX):]) for d in os.listdir(root)
                    if d.startswith(STEP_PREFIX) and d[len(STEP_PREFIX):].isdigit()
-                   and os.path.isfile(os.path.join(root, d, "meta.json")))
+                   and os.path.isfile(os.path.join(root, d, METADATA_FILE)))
     return [os.path.join(root, f"{STEP_PREFIX}{s}") for s in steps]
 
 
 def _sharded_state(state, is_loading: bool) -> dict:
+    """Model tensors at the top level (as in a model-only checkpoint) plus optimizer and scheduler."""
     model_sd = state.model.module.sharded_state_dict()
     if is_loading:
         _init_adam_step_state(state.optimizer)
-    return {"model": model_sd,
+    return {**model_sd,
             "optimizer": state.optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
                                                             metadata=OPTIM_METADATA),
             "scheduler": state.scheduler.state_dict()}
@@ -78,22 +84,22 @@ def set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, meta: dict, keep_last: int) -> str:
+def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, metadata: dict, hf_dir: str,
+                    keep_last: int) -> str:
+    """Collective. `metadata`: checkpoint_metadata(...) of the model plus run facts to check on resume."""
     root = checkpoint_root(run_dir)
     final = os.path.join(root, f"{STEP_PREFIX}{step}")
     tmp = os.path.join(root, f".tmp_{STEP_PREFIX}{step}")
     rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "model_optim"))
         os.makedirs(os.path.join(tmp, "trainer"))
+        copy_hf_files(hf_dir, os.path.join(tmp, HF_FILES_DIR))
     dist.barrier()
-    dist_checkpointing.save(_sharded_state(state, is_loading=False), os.path.join(tmp, "model_optim"))
     torch.save({**trainer_state, "rng": rng_state()}, os.path.join(tmp, "trainer", f"rank_{rank:05d}.pt"))
-    dist.barrier()
+    save_sharded_state(_sharded_state(state, is_loading=False), tmp,
+                       {**metadata, "step": step, "world_size": dist.get_world_size()})
     if rank == 0:
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"step": step, "world_size": dist.get_world_size(), **meta}, f, indent=2)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
@@ -102,34 +108,22 @@ def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, meta: d
     return final
 
 
-def read_meta(path: str) -> dict:
-    meta_path = os.path.join(path, "meta.json")
-    if not os.path.isfile(meta_path):
-        raise CheckpointMismatchError(f"{path}: no meta.json, the checkpoint is incomplete")
-    with open(meta_path) as f:
-        return json.load(f)
-
-
-def check_meta(path: str, meta: dict, expected: dict) -> None:
-    for key, value in expected.items():
-        if meta.get(key) != value:
-            raise CheckpointMismatchError(f"{path}/meta.json: {key} is {meta.get(key)!r}, "
-                                          f"this run has {value!r}")
-
-
-def load_checkpoint(path: str, state, expected_meta: dict, load_trainer_state: bool = True) -> tuple:
+def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True) -> tuple:
     """Load model/optimizer/scheduler (resharded to this run's TP x PP); return (meta, trainer_state)."""
-    meta = read_meta(path)
-    check_meta(path, meta, expected_meta)
-    loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), os.path.join(path, "model_optim"))
-    state.model.module.load_state_dict(loaded["model"])
+    meta = read_checkpoint_metadata(path)
+    check_same_model(meta, arch, state.padded_vocab, path)
+    if "step" not in meta:
+        raise CheckpointError(f"{path} is a model checkpoint, not a training checkpoint (no step, no "
+                              "optimizer): start from it with model.megatron_dir instead")
+    loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), os.path.join(path, DIST_CKPT_DIR))
+    state.model.module.load_state_dict(model_tensors(loaded))
     state.optimizer.load_state_dict(loaded["optimizer"])
     state.scheduler.load_state_dict(loaded["scheduler"])
     if not load_trainer_state:
         return meta, None
     if meta["world_size"] != dist.get_world_size():
-        raise CheckpointMismatchError(f"{path}: saved with world size {meta['world_size']}, this run has "
-                                      f"{dist.get_world_size()}; per-rank RNG and data state cannot be restored")
+        raise CheckpointError(f"{path}: saved with world size {meta['world_size']}, this run has "
+                              f"{dist.get_world_size()}; per-rank RNG and data state cannot be restored")
     trainer_state = torch.load(os.path.join(path, "trainer", f"rank_{dist.get_rank():05d}.pt"),
                                weights_only=True)
     set_rng_state(trainer_state.pop("rng"))

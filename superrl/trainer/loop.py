@@ -13,7 +13,7 @@ from superrl.algorithms.switch import AdaptiveSwitch
 from superrl.config import Config, ConfigError
 from superrl.data import PromptDataLoader, build_examples, load_rows
 from superrl.distributed import ParallelContext
-from superrl.models.architecture import ModelArch
+from superrl.models.architecture import ModelArch, read_hf_config
 from superrl.rewards.scorer import RewardScorer
 from superrl.trainer import actor_update, batching, checkpoint
 from superrl.trainer.engine_setup import build_engine
@@ -23,6 +23,7 @@ from superrl.trainer.experience import (generate_and_score, owns_engine, samplin
 from superrl.trainer.metrics import MetricsLogger
 from superrl.trainer.model_setup import build_reference_model, build_train_state
 from superrl.sync import WeightSync
+from superrl.weights.megatron_checkpoint import checkpoint_metadata
 
 
 def load_examples(config: Config, files: list, tokenizer):
@@ -153,8 +154,10 @@ class Trainer:
         return evaluate(self.engine, self.tokenizer, self.scorer, self.eval_examples,
                         self.config.rollout.max_tokens)
 
-    def checkpoint_meta(self) -> dict:
-        return {"model_signature": model_signature(self.arch), "switch_mode": self.config.algorithm.switch.mode}
+    def checkpoint_metadata(self) -> dict:
+        c = self.config
+        return checkpoint_metadata(self.arch, read_hf_config(c.model.hf_dir), c.parallel.tp, c.parallel.pp,
+                                   self.state.padded_vocab, switch_mode=c.algorithm.switch.mode)
 
     def trainer_state(self) -> dict:
         return {"step": self.step, "loader": self.loader.state_dict(), "switch": self.switch.state_dict(),
@@ -162,11 +165,11 @@ class Trainer:
 
     def save(self) -> str:
         return checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
-                                          self.trainer_state(), self.checkpoint_meta(),
-                                          self.config.trainer.keep_last)
+                                          self.trainer_state(), self.checkpoint_metadata(),
+                                          self.config.model.hf_dir, self.config.trainer.keep_last)
 
     def resume(self, path: str) -> None:
-        _, saved = checkpoint.load_checkpoint(path, self.state, self.checkpoint_meta())
+        _, saved = checkpoint.load_checkpoint(path, self.state, self.arch)
         self.step = saved["step"]
         self.loader.load_state_dict(saved["loader"])
         self.switch.load_state_dict(saved["switch"])
@@ -207,18 +210,12 @@ class Trainer:
             self.scorer.close()
 
 
-def model_signature(arch: ModelArch) -> str:
-    """What a checkpoint must match to be loaded into this model."""
-    return (f"{arch.name}:h{arch.hidden_size}:l{arch.num_layers}:a{arch.num_heads}:kv{arch.num_kv_heads}"
-            f":f{arch.ffn_hidden_size}:v{arch.vocab_size}:tied{int(arch.tied_embeddings)}")
-
-
 def evaluate_checkpoint(config: Config, arch: ModelArch, ctx: ParallelContext, path: str) -> dict:
     """Model weights of a training checkpoint -> engine -> held-out accuracy (on global rank 0)."""
     tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
     examples = load_examples(config, config.data.eval_files, tokenizer)[1].examples
     state = build_train_state(config, arch, load_weights=False)
-    checkpoint.load_checkpoint(path, state, {"model_signature": model_signature(arch)}, load_trainer_state=False)
+    checkpoint.load_checkpoint(path, state, arch, load_trainer_state=False)
     engine = build_engine(config) if owns_engine() else None
     WeightSync(state.model, arch, engine, config.rollout.sync_bucket_mb).sync()
     if ctx.rank != 0:

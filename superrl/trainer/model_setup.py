@@ -10,6 +10,7 @@ from superrl.config import Config
 from superrl.models.architecture import ModelArch
 from superrl.models.gpt import build_policy_model
 from superrl.weights.load import load_hf_weights
+from superrl.weights.megatron_checkpoint import load_model_checkpoint
 
 
 @dataclass
@@ -37,7 +38,7 @@ def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True
                                config.model.transformer_engine)
     model.logprob_chunk_size = config.model.logprob_chunk_size
     if load_weights:
-        load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
+        load_initial_weights(model, config, arch, padded_vocab)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
         use_distributed_optimizer=config.optim.use_distributed_optimizer)
@@ -70,11 +71,19 @@ def _scheduler(config: Config, optimizer) -> OptimizerParamScheduler:
         start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=steps, wd_incr_style="constant")
 
 
+def load_initial_weights(model, config: Config, arch: ModelArch, padded_vocab: int) -> None:
+    """`model.megatron_dir` (any TP x PP, resharded on load) if set, else `model.hf_dir`."""
+    if config.model.megatron_dir:
+        load_model_checkpoint(model, config.model.megatron_dir, arch)
+    else:
+        load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
+
+
 def build_reference_model(config: Config, arch: ModelArch):
     """Frozen copy of the initial policy for the KL term (forward only, no DDP, no optimizer)."""
     padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
     model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
                                config.model.transformer_engine)
-    load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
+    load_initial_weights(model, config, arch, padded_vocab)
     model.requires_grad_(False)
     return model

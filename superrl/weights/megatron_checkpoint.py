@@ -117,7 +117,17 @@ def load_model_checkpoint(model_chunk, directory: str, arch: ModelArch) -> dict:
     metadata = read_checkpoint_metadata(directory)
     model = unwrap_model(model_chunk)
     check_same_model(metadata, arch, model.vocab_size, directory)
+    # RAISE_UNEXPECTED: a training checkpoint (superrl/trainer/checkpoint.py) also holds optimizer
+    # and scheduler state, which a model-only load leaves on disk.
     state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(directory, DIST_CKPT_DIR),
-                                    strict=StrictHandling.RAISE_ALL)
-    model.load_state_dict(state)
+                                    strict=StrictHandling.RAISE_UNEXPECTED)
+    model.load_state_dict(model_tensors(state))
     return metadata
+
+
+TRAINING_STATE_KEYS = ("optimizer", "scheduler")
+
+
+def model_tensors(loaded_state: dict) -> dict:
+    """The model's entries of a loaded state (common entries such as the scheduler always load)."""
+    return {k: v for k, v in loaded_state.items() if k not in TRAINING_STATE_KEYS}

@@ -1,0 +1,138 @@
+"""Shared-memory transport: every rank of a replica on one host, CPU tensors (the CPU analogue of
+the CUDA-IPC path colocated RL frameworks use).
+
+The replica maps one shared bucket (a /dev/shm file) into all of its ranks. For each bucket of
+stage s, every TP rank of stage s writes *its own slice* of each HF tensor straight into place
+(rows or columns `tp_rank` of the TP split dimension, as the mapping's concatenation would put
+them), then the owner applies views of the bucket. So there is no TP all-gather, no concatenation
+and no packing copy: each byte is written once by the rank that holds it and copied once by the
+engine. Names, order, fusion splits and TP split dimensions all come from the shared mapping.
+
+Memory: the one shared bucket per replica (the larger of the bucket size and the largest tensor,
+since the engine takes whole tensors), mapped for the transport's lifetime like a pinned staging
+buffer, plus one rank-local shard's split (a copy only for interleaved QKV).
+"""
+import os
+import uuid
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+
+from superrl.sync.plan import Bucket, build_plan
+from superrl.weights import mapping
+from superrl.weights.load import unwrap_model
+
+
+def local_hf_parts(model, arch, tp_size: int, pp_rank: int, pp_size: int):
+    """(HF name, TP split dim, this rank's part of that HF tensor) for this stage, in export order."""
+    model = unwrap_model(model)
+    params = dict(model.named_parameters())
+    for m, local, layer in mapping.stage_param_maps(arch, pp_rank, pp_size, model.uses_te_names):
+        if m.megatron == "output_layer.weight" and arch.tied_embeddings:
+            continue  # as in the mapping's export: the first stage sends the tied embedding
+        parts = mapping.split_shard(m, params[mapping.megatron_name(m, local)].detach(), arch, tp_size)
+        for name, part in zip(mapping.hf_names(m, layer), parts):
+            yield name, m.tp_dim, part
+
+
+def write_part(full: torch.Tensor, tp_dim, part: torch.Tensor, tp_rank: int) -> None:
+    """Put one TP rank's part where concatenating all ranks' parts along `tp_dim` would put it."""
+    if tp_dim is None:  # replicated: rank 0's copy is the tensor
+        if tp_rank == 0:
+            full.copy_(part)
+        return
+    start = tp_rank * part.shape[tp_dim]
+    length = min(part.shape[tp_dim], full.shape[tp_dim] - start)  # drops padded-vocab rows
+    if length > 0:
+        full.narrow(tp_dim, start, length).copy_(part.narrow(tp_dim, 0, length))
+
+
+def map_shared_bucket(numel: int, dtype: torch.dtype, group, owner: int) -> torch.Tensor:
+    """The owner creates a /dev/shm file, every rank of `group` maps it, then the name is unlinked:
+    the memory lives exactly as long as the mappings, even if a process dies."""
+    path = [f"/dev/shm/superrl-sync-{uuid.uuid4().hex}" if dist.get_rank() == owner else None]
+    if dist.get_rank() == owner:
+        region = torch.from_file(path[0], shared=True, size=numel, dtype=dtype)
+    dist.broadcast_object_list(path, src=owner, group=group)
+    if dist.get_rank() != owner:
+        region = torch.from_file(path[0], shared=True, size=numel, dtype=dtype)
+    dist.barrier(group=group)
+    if dist.get_rank() == owner:
+        os.unlink(path[0])
+    return region
+
+
+def bucket_offsets(plan: list, region_numel: int) -> list:
+    """Even buckets at the start of the region, odd ones at its end: while the engine copies one
+    bucket the next is written beside it, unless the two together exceed the region."""
+    return [0 if k % 2 == 0 else region_numel - b.numel for k, b in enumerate(plan)]
+
+
+def last_overlapping(plan: list, offsets: list, k: int):
+    """The latest earlier bucket sharing memory with bucket k (its writers wait until the engine has
+    copied that one; the engine copies in order), or None."""
+    start, end = offsets[k], offsets[k] + plan[k].numel
+    earlier = [i for i in range(k) if offsets[i] < end and start < offsets[i] + plan[i].numel]
+    return max(earlier, default=None)
+
+
+class SharedMemoryTransport:
+    """Point-to-point tokens, not barriers, order the work, so no rank waits for unrelated ones: a
+    writer waits only for the engine to release the memory it writes ("free" token), the owner only
+    for the writers of the bucket it applies next ("written" tokens)."""
+
+    def __init__(self, model, arch, bucket_bytes: int):
+        self.model, self.arch = model, arch
+        self.tp_rank, self.tp_size = mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size()
+        self.pp_rank, self.pp_size = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size()
+        self.group = mpu.get_model_parallel_group()  # the TP x PP ranks of this replica
+        self.owner = min(dist.get_process_group_ranks(self.group))  # tp_rank 0, pp_rank 0 in megatron's order
+        self.is_owner = dist.get_rank() == self.owner
+        if self.is_owner != (self.tp_rank == 0 and self.pp_rank == 0):
+            raise RuntimeError("shared-memory weight sync expects the replica's lowest rank to be tp 0 / pp 0")
+        self.stage_writers = self._stage_writers()
+        param = next(model.parameters())
+        # Half-size buckets, so that two fit side by side in a region of `bucket_bytes`.
+        self.plan = build_plan(arch, self.pp_size, bucket_bytes // 2, param.element_size())
+        region_numel = max(bucket_bytes // param.element_size(), max(b.numel for b in self.plan))
+        self.offsets = bucket_offsets(self.plan, region_numel)
+        self.wait_for = [last_overlapping(self.plan, self.offsets, k) for k in range(len(self.plan))]
+        self.region = map_shared_bucket(region_numel, param.dtype, self.group, self.owner)
+
+    def _stage_writers(self) -> list:
+        """Global ranks of each stage's TP ranks, the owner left out (it needs no tokens from itself)."""
+        stages = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(stages, (self.pp_rank, dist.get_rank()), group=self.group)
+        return [[rank for pp, rank in stages if pp == stage and rank != self.owner] for stage in range(self.pp_size)]
+
+    def sync(self, apply_bucket) -> None:
+        parts = local_hf_parts(self.model, self.arch, self.tp_size, self.pp_rank, self.pp_size)
+        token, sends = torch.zeros(1), []
+        for k, bucket in enumerate(self.plan):
+            flat = self.region[self.offsets[k]:self.offsets[k] + bucket.numel]
+            if bucket.stage == self.pp_rank:
+                if not self.is_owner and self.wait_for[k] is not None:
+                    dist.recv(token, src=self.owner, group=self.group, tag=2 * k + 1)  # "free"
+                self._write(bucket, flat, parts)
+                if not self.is_owner:
+                    sends.append(dist.isend(token, dst=self.owner, group=self.group, tag=2 * k))  # "written"
+            if self.is_owner:
+                for writer in self.stage_writers[bucket.stage]:
+                    dist.recv(torch.zeros(1), src=writer, group=self.group, tag=2 * k)
+                apply_bucket(bucket, flat)
+                sends += self._release(k, token)
+        for send in sends:
+            send.wait()
+        dist.barrier(group=self.group)  # the owner arrives last: the next sync may overwrite any bucket
+
+    def _write(self, bucket: Bucket, flat: torch.Tensor, parts) -> None:
+        for slot, (_, full) in zip(bucket.slots, bucket.unflatten(flat)):
+            _, tp_dim, part = bucket.next_item(parts, slot)
+            write_part(full, tp_dim, part, self.tp_rank)
+
+    def _release(self, applied: int, token: torch.Tensor) -> list:
+        """Tell the writers of every bucket that waits for bucket `applied` that its memory is free."""
+        return [dist.isend(token, dst=writer, group=self.group, tag=2 * k + 1)
+                for k, waits_for in enumerate(self.wait_for) if waits_for == applied
+                for writer in self.stage_writers[self.plan[k].stage]]
