@@ -33,11 +33,27 @@ def plot_run(run_dir: str, out: str) -> str:
     return out
 
 
+def summary(run_dir: str, window: int = 10) -> str:
+    """Mean of the headline metrics over the first and the last `window` steps."""
+    rows = read_metrics(run_dir)
+    lines = []
+    for name, part in (("first", rows[:window]), ("last", rows[-window:])):
+        means = {key: sum(r[key] for r in part) / len(part)
+                 for key in ("reward/mean", "switch/sft_fraction", "loss/pg", "loss/sft") if part}
+        steps = f"steps {part[0]['step']}-{part[-1]['step']}" if part else "no steps"
+        lines.append(f"{name} {window} ({steps}): " + " ".join(f"{k}={v:.3f}" for k, v in means.items()))
+    evals = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
+    if evals:
+        lines.append("eval/accuracy by step: " + " ".join(f"{s}:{a:.2f}" for s, a in evals))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m superrl.plot", description=__doc__)
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
     args = p.parse_args(argv)
+    print(summary(args.run_dir))
     print(plot_run(args.run_dir, args.out or os.path.join(args.run_dir, "curves.png")))
     return 0
 

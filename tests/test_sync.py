@@ -30,21 +30,27 @@ def test_plan_covers_the_checkpoint_exactly(request, arch, pp):
         assert len(b.slots) == 1 or b.numel * 4 <= 40_000, "only a lone tensor may exceed the bucket"
 
 
-@pytest.mark.parametrize("arch,nproc,layout", [
-    ("llama", 2, ["--tp", "2"]),
-    ("llama", 2, ["--pp", "2"]),
-    ("qwen2", 4, ["--tp", "2", "--pp", "2"]),
-], ids=["llama-tp2", "llama-pp2", "qwen2-tp2pp2"])
-def test_engine_logprobs_equal_trainer_after_sync(request, arch, nproc, layout):
-    hf_dir = request.getfixturevalue(f"tiny_{arch}")
-    results = run_torchrun("sync_logprobs.py", nproc, ["--hf-dir", hf_dir, *layout])
-    last_stage = [r for r in results if r["is_last_stage"]]
-    assert last_stage
+@pytest.fixture(scope="module")
+def synced_layouts(tiny_llama, tiny_qwen2) -> list:
+    """One 4-rank world runs every layout in turn (so TP2 and PP2 also have DP2: two engines)."""
+    layouts = [f"{tiny_llama}:2:1", f"{tiny_llama}:1:2", f"{tiny_qwen2}:2:2"]
+    return run_torchrun("sync_logprobs.py", 4, [arg for layout in layouts for arg in ("--layout", layout)])
+
+
+@pytest.mark.parametrize("index,layout", [(0, "tp2pp1"), (1, "tp1pp2"), (2, "tp2pp2")],
+                         ids=["llama-tp2-dp2", "llama-pp2-dp2", "qwen2-tp2pp2"])
+@pytest.mark.parametrize("transport", ["collective", "shared_memory"])
+def test_engine_logprobs_equal_trainer_after_sync(synced_layouts, index, layout, transport):
+    per_rank = [rank_results[index] for rank_results in synced_layouts]
+    assert per_rank[0]["layout"] == layout
+    last_stage = [r for r in per_rank if r["is_last_stage"]]
+    assert len(last_stage) == 4 // (2 if layout.endswith("pp2") else 1)
     for r in last_stage:
-        assert r["stale_diff"] > 1e-2, "before the sync the engine should still hold the checkpoint"
-        assert r["synced_diff"] <= TOL, f"engine vs trainer log-probs differ by {r['synced_diff']}"
-    # The default bucket size of the worker exercises both packed buckets and lone tensors.
-    assert 0 < results[0]["solo_buckets"] < results[0]["buckets"]
+        got = r[transport]
+        assert got["stale_diff"] > 1e-2, "before the sync the engine should hold older weights"
+        assert got["synced_diff"] <= TOL, f"engine vs trainer log-probs differ by {got['synced_diff']}"
+    # The worker's bucket size gives both packed buckets and lone tensors.
+    assert 0 < per_rank[0][transport]["solo_buckets"] < per_rank[0][transport]["buckets"]
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +65,14 @@ def vocab_heavy_llama(tmp_path_factory) -> str:
 
 
 def test_sync_peak_memory_within_one_bucket_plus_largest_tensor(vocab_heavy_llama, monkeypatch):
-    """Single process: resident high-water mark during sync (see tests/workers/sync_measure.py)."""
+    """Single process, both transports: resident high-water mark from building the WeightSync to the
+    end of its sync (see tests/workers/sync_measure.py)."""
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # tensors are mmapped, and unmapped on free
     (result,) = run_torchrun("sync_measure.py", 1, ["--hf-dir", vocab_heavy_llama, "--bucket-mb", "0.25", "1"])
+    assert {s["transport"] for s in result["syncs"]} == {"collective", "shared_memory"}
     for s in result["syncs"]:
         bound = s["bucket_mb"] * MB + s["largest_tensor_bytes"]
         assert s["bytes"] > bound + RSS_ALLOWANCE, "model too small for the bound to mean anything"
         assert s["peak_extra_bytes"] <= bound + RSS_ALLOWANCE, (
-            f"bucket {s['bucket_mb']} MB: peak extra {s['peak_extra_bytes'] / MB:.2f} MB > "
+            f"{s['transport']}, bucket {s['bucket_mb']} MB: peak extra {s['peak_extra_bytes'] / MB:.2f} MB > "
             f"bucket + largest tensor {bound / MB:.2f} MB")

@@ -14,11 +14,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from superrl.config import Config, ConfigError, ParallelConfig, validate_parallelism  # noqa: E402
+from superrl.distributed import destroy_distributed, init_distributed  # noqa: E402
 from superrl.models.architecture import ModelArch, UnsupportedModelError, load_arch  # noqa: E402
+from superrl.models.gpt import build_policy_model  # noqa: E402
 from superrl.weights.hf_checkpoint import CheckpointError, HFCheckpointReader, check_hf_checkpoint  # noqa: E402
+from superrl.weights.load import load_hf_weights  # noqa: E402
+from superrl.weights.megatron_checkpoint import (HF_FILES_DIR, checkpoint_metadata, copy_hf_files,  # noqa: E402
+                                                 save_model_checkpoint)
 
 USER_ERRORS = (ConfigError, UnsupportedModelError, CheckpointError, FileNotFoundError)
 
@@ -54,29 +62,20 @@ def run_under_torchrun(nproc: int, script: str, argv: list) -> int:
     return subprocess.run(cmd).returncode
 
 
-def convert(hf_dir: str, out_dir: str, arch: ModelArch, tp: int, pp: int, padded_vocab: int) -> None:
-    """Every rank: build this stage, fill it from the HF files, save the shard."""
-    # Imported here: the launching process (and a bad-input error) never pays for megatron.
-    from superrl.distributed import destroy_distributed, init_distributed
-    from superrl.models.gpt import build_policy_model
-    from superrl.weights.load import load_hf_weights
-    from superrl.weights.megatron_checkpoint import (HF_FILES_DIR, checkpoint_metadata, copy_hf_files,
-                                                     save_model_checkpoint)
-
-    ctx = init_distributed(tp, pp, seed=0)
+def convert(hf_dir: str, out_dir: str, arch: ModelArch, padded_vocab: int) -> None:
+    """Collective over the current megatron TP x PP layout: build this rank's stage, fill it from the
+    HF files, save its shard."""
+    tp, pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
     model = build_policy_model(arch, tp, pp, padded_vocab)
     load_hf_weights(model, hf_dir, arch, padded_vocab)
     with open(os.path.join(hf_dir, "config.json")) as f:
         hf_config = json.load(f)
-    # The model is float32; the export casts back so a round trip reproduces the source dtype.
     hf_dtype = str(HFCheckpointReader(hf_dir)("model.embed_tokens.weight").dtype).removeprefix("torch.")
     metadata = checkpoint_metadata(arch, hf_config, tp, pp, padded_vocab, hf_dtype=hf_dtype,
                                    source=os.path.abspath(hf_dir))
     save_model_checkpoint(model, out_dir, metadata)
-    if ctx.rank == 0:
+    if dist.get_rank() == 0:
         copy_hf_files(hf_dir, os.path.join(out_dir, HF_FILES_DIR))
-        print(f"wrote TP{tp} x PP{pp} megatron checkpoint of {arch.name} to {out_dir}")
-    destroy_distributed()
 
 
 def main(argv=None) -> int:
@@ -88,7 +87,11 @@ def main(argv=None) -> int:
     check_hf_checkpoint(HFCheckpointReader(args.hf_dir), arch)
     if nproc > 1 and not in_torchrun():
         return run_under_torchrun(nproc, __file__, argv)
-    convert(args.hf_dir, args.out_dir, arch, args.tp, args.pp, padded_vocab)
+    ctx = init_distributed(args.tp, args.pp, seed=0)
+    convert(args.hf_dir, args.out_dir, arch, padded_vocab)
+    if ctx.rank == 0:
+        print(f"wrote TP{args.tp} x PP{args.pp} megatron checkpoint of {arch.name} to {args.out_dir}")
+    destroy_distributed()
     return 0
 
 

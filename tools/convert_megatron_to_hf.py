@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--megatron-dir", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--max-shard-mb", type=int, default=2048, help="largest safetensors file to write")
+    p.add_argument("--max-shard-mb", type=float, default=2048, help="largest safetensors file to write")
     return p.parse_args(argv)
 
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, metadata["hf_dtype"])
     with torch.no_grad():
         tensors = ((name, t.to(dtype)) for name, t in export_hf_weights(model, arch))
-        files = write_sharded(tensors, args.out_dir, max_shard_bytes=args.max_shard_mb << 20)
+        files = write_sharded(tensors, args.out_dir, max_shard_bytes=int(args.max_shard_mb * 2**20))
     copy_hf_files(os.path.join(args.megatron_dir, HF_FILES_DIR), args.out_dir)
     print(f"wrote {arch.name} ({len(files)} safetensors file(s)) from the TP{metadata['tp']} x "
           f"PP{metadata['pp']} checkpoint to {args.out_dir}")

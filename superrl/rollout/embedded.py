@@ -72,7 +72,7 @@ class EmbeddedEngine:
         slots = min(self.max_batch_size, len(sequences))
         longest = max(len(p) for p in prompt_token_ids) + params.max_tokens
         self._reserve(slots, longest)
-        stop_ids = set(params.stop_token_ids) | (set() if ignore_eos else set(self.config.eos_token_ids))
+        stop_ids = set(params.stop_token_ids or ()) | (set() if ignore_eos else set(self.config.eos_token_ids))
         scheduler = SlotScheduler(sequences, slots, self.max_prefill_tokens)
         sampler = Sampler(params, self.config.vocab_size, self.device)
         while scheduler.has_work():
@@ -105,10 +105,12 @@ class EmbeddedEngine:
     def _reserve(self, slots: int, positions: int) -> None:
         """(Re)allocate the KV cache only when this call needs more slots or positions."""
         self.decoder.reserve_positions(positions)
-        cache = self.cache
-        if cache is None or cache.slots < slots or cache.capacity < positions:
+        old = self.cache
+        if old is None or old.slots < slots or old.capacity < positions:
             capacity = -(-positions // CACHE_ROUNDING) * CACHE_ROUNDING
-            self.cache = None  # free the old cache before allocating the new one
+            if old is not None:  # grow, never shrink: alternating calls must not thrash
+                slots, capacity = max(slots, old.slots), max(capacity, old.capacity)
+            self.cache = old = None  # free the old cache before allocating the new one
             self.cache = KVCache(self.config, slots, capacity, self.dtype, self.device)
 
     def _prefill(self, admitted: list, sampler: Sampler, scheduler: SlotScheduler,

@@ -92,7 +92,8 @@ class VLLMEngine:
         self.model_dir = model_dir
         self.sleep_mode_enabled = enable_sleep_mode
         self.is_sleeping = False
-        self.fused_layer_buffer = FusedLayerBuffer(self._packed_modules_mapping(), checkpoint_names(model_dir))
+        self.expected_shapes = checkpoint_shapes(model_dir)
+        self.fused_layer_buffer = FusedLayerBuffer(self._packed_modules_mapping(), list(self.expected_shapes))
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompt_token_ids: list, params: SamplingParams, *, ignore_eos: bool = False) -> list:
@@ -111,17 +112,23 @@ class VLLMEngine:
     # -- weights ----------------------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable) -> None:
         """Load HF-named full (unsharded) tensors in place, then drop the prefix cache (its KV was
-        computed with the old weights). One call should carry whole vLLM layers (q/k/v together,
-        gate/up together): vLLM re-processes a fused layer from what the call provides."""
+        computed with the old weights). Parts of a fused layer (q/k/v, gate/up) may come in
+        different calls; they wait in `fused_layer_buffer` until the layer is whole.
+
+        A name the checkpoint lacks or a wrong shape raises ValueError naming the tensor; the
+        tensors before it are loaded, the rest are not. (An error inside vLLM's reload leaves its
+        layers on the meta device for good, so every tensor is checked before vLLM sees it.)"""
         if self.is_sleeping and self.sleep_mode_enabled:
             raise RuntimeError("VLLMEngine.update_weights called while asleep: call wake_up() first")
-        complete_layers = self.fused_layer_buffer.release_complete(named_tensors)
+        stream = CheckedStream(named_tensors, self.expected_shapes)
+        complete_layers = self.fused_layer_buffer.release_complete(stream)
         worker = self._in_process_worker()
         if worker is not None:
             worker.reload_weights(weights_iterator=complete_layers, is_checkpoint_format=True)
         else:
             self._reload_through_file(complete_layers)
         self.llm.reset_prefix_cache()
+        stream.raise_if_failed()
 
     def _packed_modules_mapping(self) -> dict:
         from superrl.rollout.vllm_rpc import packed_modules_mapping
@@ -139,7 +146,9 @@ class VLLMEngine:
 
         from superrl.rollout.vllm_rpc import reload_weights_from_safetensors
         staging_root = "/dev/shm" if os.path.isdir("/dev/shm") else None  # RAM-backed where possible
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in named_tensors}
+        # Private contiguous copies: safetensors refuses tensors that share memory (tied embeddings).
+        tensors = {name: t.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+                   for name, t in named_tensors}
         if not tensors:  # everything was held back by the fused-layer buffer
             return
         with tempfile.TemporaryDirectory(prefix="superrl-weights-", dir=staging_root) as tmp:
@@ -150,8 +159,8 @@ class VLLMEngine:
     # -- colocated training -----------------------------------------------------------------------
     def sleep(self, level: int = 1) -> None:
         """Free the engine's accelerator memory for training (level 1: offload weights, drop KV
-        cache; level 2: drop both, reload everything with update_weights). A no-op where vLLM has
-        no sleep mode (CPU: nothing to free for an accelerator there)."""
+        cache; level 2: drop both -- after wake_up(), load all weights with update_weights). Only
+        marks the engine asleep where vLLM has no sleep mode (CPU: no accelerator memory to free)."""
         if self.sleep_mode_enabled:
             self.llm.sleep(level=level)
         else:
@@ -195,14 +204,48 @@ def to_completion(output) -> Completion:
     return Completion(token_ids=token_ids, logprobs=logprobs, finish_reason=output.finish_reason)
 
 
-def checkpoint_names(model_dir: str) -> list:
-    """Tensor names of the HF checkpoint in `model_dir` (safetensors headers only, no tensor data)."""
+def checkpoint_shapes(model_dir: str) -> dict:
+    """HF name -> shape of the checkpoint's tensors (safetensors headers only, no tensor data). A
+    tied model's checkpoint has no lm_head.weight, but HF state_dicts carry it: accept it too."""
     from safetensors import safe_open
-    names = []
+    shapes = {}
     for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
         with safe_open(path, framework="pt", device="cpu") as handle:
-            names.extend(handle.keys())
-    return names
+            shapes.update({name: list(handle.get_slice(name).get_shape()) for name in handle.keys()})
+    if "model.embed_tokens.weight" in shapes:
+        shapes.setdefault("lm_head.weight", shapes["model.embed_tokens.weight"])
+    return shapes
+
+
+class CheckedStream:
+    """Iterates (name, tensor) pairs, ending the stream early -- instead of raising inside vLLM's
+    reload -- at the first unknown name, wrong shape or error from the caller's iterator."""
+
+    def __init__(self, named_tensors: Iterable, expected_shapes: dict):
+        self.source = iter(named_tensors)
+        self.expected_shapes = expected_shapes  # empty: no safetensors headers to check against
+        self.error: Optional[Exception] = None
+
+    def __iter__(self):
+        try:
+            for name, tensor in self.source:
+                self.check(name, tensor)
+                yield name, tensor
+        except Exception as err:  # noqa: BLE001 -- re-raised by raise_if_failed after the reload
+            self.error = err
+
+    def check(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.expected_shapes:
+            return
+        if name not in self.expected_shapes:
+            raise ValueError(f"update_weights: {name!r} is not a tensor of this model's checkpoint")
+        if list(tensor.shape) != self.expected_shapes[name]:
+            raise ValueError(f"update_weights: {name!r} has shape {list(tensor.shape)}, "
+                             f"the checkpoint's is {self.expected_shapes[name]}")
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 class FusedLayerBuffer:

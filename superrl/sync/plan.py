@@ -6,6 +6,7 @@ running the shared weight mapping (`stage_state_to_hf`) on meta tensors: they ar
 the order in which `export_hf_weights` yields a stage's tensors.
 """
 from dataclasses import dataclass
+
 import torch
 
 from superrl.models.architecture import ModelArch
@@ -18,7 +19,7 @@ def hf_tensor_shape(hf_name: str, arch: ModelArch) -> tuple:
         arch.ffn_hidden_size
     shapes = {
         "embed_tokens.weight": (arch.vocab_size, h), "lm_head.weight": (arch.vocab_size, h),
-        "norm.weight": (h,), "layernorm.weight": (h,),
+        "norm.weight": (h,),  # the final norm and both per-layer norms
         "q_proj.weight": (q, h), "k_proj.weight": (kv, h), "v_proj.weight": (kv, h),
         "q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,), "o_proj.weight": (h, q),
         "gate_proj.weight": (ffn, h), "up_proj.weight": (ffn, h), "down_proj.weight": (h, ffn),

@@ -1,16 +1,18 @@
 """Shared-memory transport: every rank of a replica on one host, CPU tensors (the CPU analogue of
 the CUDA-IPC path colocated RL frameworks use).
 
-The replica maps one shared bucket (a /dev/shm file) into all of its ranks. For each bucket of
+The replica maps one shared region (a /dev/shm file) into all of its ranks. For each bucket of
 stage s, every TP rank of stage s writes *its own slice* of each HF tensor straight into place
 (rows or columns `tp_rank` of the TP split dimension, as the mapping's concatenation would put
 them), then the owner applies views of the bucket. So there is no TP all-gather, no concatenation
 and no packing copy: each byte is written once by the rank that holds it and copied once by the
 engine. Names, order, fusion splits and TP split dimensions all come from the shared mapping.
+Buckets are half the region, alternating between its two ends, so the next bucket is written
+while the engine copies the previous one.
 
-Memory: the one shared bucket per replica (the larger of the bucket size and the largest tensor,
-since the engine takes whole tensors), mapped for the transport's lifetime like a pinned staging
-buffer, plus one rank-local shard's split (a copy only for interleaved QKV).
+Memory: the region, max(bucket size, largest tensor) per replica (the engine takes whole
+tensors), mapped for the transport's lifetime like a pinned staging buffer; plus one rank-local
+shard's split (a copy only for interleaved QKV).
 """
 import os
 import uuid
@@ -22,6 +24,8 @@ from megatron.core import parallel_state as mpu
 from superrl.sync.plan import Bucket, build_plan
 from superrl.weights import mapping
 from superrl.weights.load import unwrap_model
+
+SHM_DIR = "/dev/shm"  # Linux tmpfs: files here are RAM
 
 
 def local_hf_parts(model, arch, tp_size: int, pp_rank: int, pp_size: int):
@@ -51,7 +55,7 @@ def write_part(full: torch.Tensor, tp_dim, part: torch.Tensor, tp_rank: int) -> 
 def map_shared_bucket(numel: int, dtype: torch.dtype, group, owner: int) -> torch.Tensor:
     """The owner creates a /dev/shm file, every rank of `group` maps it, then the name is unlinked:
     the memory lives exactly as long as the mappings, even if a process dies."""
-    path = [f"/dev/shm/superrl-sync-{uuid.uuid4().hex}" if dist.get_rank() == owner else None]
+    path = [os.path.join(SHM_DIR, f"superrl-sync-{uuid.uuid4().hex}") if dist.get_rank() == owner else None]
     if dist.get_rank() == owner:
         region = torch.from_file(path[0], shared=True, size=numel, dtype=dtype)
     dist.broadcast_object_list(path, src=owner, group=group)

@@ -18,6 +18,7 @@ Two transports move the bytes (the same split as slime's colocated / distributed
 * `collective` (anything else: GPU/NCCL, multi-node): TP all-gather, then point-to-point buckets
   from each stage to the owner (collective.py).
 """
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from megatron.core import parallel_state as mpu
 from superrl.models.architecture import ModelArch
 from superrl.sync.collective import CollectiveTransport
 from superrl.sync.plan import Bucket
-from superrl.sync.shared_memory import SharedMemoryTransport
+from superrl.sync.shared_memory import SHM_DIR, SharedMemoryTransport
 
 MB = 2**20
 TRANSPORTS = {"collective": CollectiveTransport, "shared_memory": SharedMemoryTransport}
@@ -50,11 +51,6 @@ class SyncStats:
         return {"sync/seconds": self.seconds, "sync/bytes": self.bytes, "sync/gbps": self.gbps}
 
 
-def apply_to_engine(engine, bucket: Bucket, flat: torch.Tensor) -> None:
-    """In-process delivery: the engine copies out of views of the flat bucket."""
-    engine.update_weights(bucket.unflatten(flat))
-
-
 def replica_on_one_host() -> bool:
     hosts = [None] * dist.get_world_size(mpu.get_model_parallel_group())
     dist.all_gather_object(hosts, socket.gethostname(), group=mpu.get_model_parallel_group())
@@ -68,15 +64,16 @@ def choose_transport(model, transport: str) -> str:
         return transport
     on_cpu = next(model.parameters()).device.type == "cpu"
     # Every rank must take the same branch: the host check is collective, so it runs everywhere.
-    return "shared_memory" if replica_on_one_host() and on_cpu else "collective"
+    one_host = replica_on_one_host()
+    return "shared_memory" if one_host and on_cpu and os.path.isdir(SHM_DIR) else "collective"
 
 
 class WeightSync:
     """Collective: every trainer rank builds one (same arguments) and calls `sync()` together.
 
     `engine`: the rollout engine on this replica's owner rank (tp_rank 0, pp_rank 0), None on every
-    other rank. An object with `apply_bucket(bucket, flat)` (e.g. a sender to an engine in another
-    process) is used as is; anything else is treated as an in-process RolloutEngine.
+    other rank. `update_weights` gets views into a bucket that is reused afterwards: it must copy.
+    `bucket_mb`: config `rollout.sync_bucket_mb`. `transport`: auto | collective | shared_memory.
     """
 
     def __init__(self, model, arch: ModelArch, engine=None, bucket_mb: float = 64, transport: str = "auto"):
@@ -86,8 +83,7 @@ class WeightSync:
             raise ValueError(f"WeightSync: rank {dist.get_rank()} (tp_rank {tp_rank}, pp_rank {pp_rank}) "
                              f"{'needs' if is_owner else 'must not have'} an engine: the engine lives on "
                              "tp_rank 0 / pp_rank 0 of each data-parallel replica")
-        self.apply_bucket = getattr(engine, "apply_bucket", None) or (
-            lambda bucket, flat: apply_to_engine(engine, bucket, flat))
+        self.engine = engine
         self.transport = choose_transport(model, transport)
         self._transport = TRANSPORTS[self.transport](model, arch, int(bucket_mb * MB))
         self.plan = self._transport.plan
@@ -96,5 +92,9 @@ class WeightSync:
     @torch.no_grad()
     def sync(self) -> SyncStats:
         start = time.perf_counter()
-        self._transport.sync(self.apply_bucket)
+        self._transport.sync(self._apply)
         return SyncStats(time.perf_counter() - start, self.total_bytes, len(self.plan))
+
+    def _apply(self, bucket: Bucket, flat: torch.Tensor) -> None:
+        """On the owner: the engine copies the bucket's tensors out of views of the flat bucket."""
+        self.engine.update_weights(bucket.unflatten(flat))

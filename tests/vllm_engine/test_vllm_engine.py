@@ -131,16 +131,30 @@ def test_update_weights_split_inside_a_fused_layer(engine, hf_model):
     engine.update_weights(original.items())
 
 
-def test_update_weights_through_a_staged_file(engine, hf_model, arch):
+def test_update_weights_through_a_staged_file(engine, hf_model):
     """The route used when the engine core / TP workers live in other processes."""
-    if arch != "qwen2":
-        pytest.skip("the staging route is architecture-independent; one model is enough")
     original = {name: t.clone() for name, t in hf_model.state_dict().items()}
     perturbed = perturbed_state_dict(hf_model, seed=3)
     engine._reload_through_file(perturbed.items())
     engine.llm.reset_prefix_cache()
     hf_model.load_state_dict(perturbed)
     assert_matches_hf(engine, hf_model)
+    engine.update_weights(original.items())
+
+
+def test_bad_tensors_raise_and_leave_the_engine_usable(engine, hf_model):
+    """Rejected before vLLM sees them: an error inside vLLM's reload would break the engine."""
+    original = {name: t.clone() for name, t in hf_model.state_dict().items()}
+    before = engine.generate(PROMPTS, GREEDY)
+    with pytest.raises(ValueError, match="'model.layers.0.bogus.weight' is not a tensor"):
+        engine.update_weights([("model.layers.0.bogus.weight", torch.zeros(3))])
+    assert engine.generate(PROMPTS, GREEDY) == before
+    perturbed = perturbed_state_dict(hf_model, seed=4)
+    wrong_shape = ("model.layers.1.mlp.down_proj.weight", torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"down_proj.weight' has shape \[3, 3\]"):
+        engine.update_weights([*perturbed.items(), wrong_shape])
+    hf_model.load_state_dict(perturbed)
+    assert_matches_hf(engine, hf_model)  # everything before the bad tensor was loaded
     engine.update_weights(original.items())
 
 

@@ -1,7 +1,10 @@
 """Worker: SFT steps, then WeightSync into an EmbeddedEngine; the engine's log-probs must equal the
-trainer's on the same sequences.
+trainer's on the same sequences. Once per transport (collective, then shared memory), with more
+SFT steps in between so each sync has something new to deliver. Several layouts run one after the
+other in one torchrun world (megatron re-initialised for each): process start-up is most of a
+launch's cost here.
 
-The owner (tp_rank 0, pp_rank 0 = global rank 0) greedily generates from fixed prompts and gets the
+The owner (tp_rank 0, pp_rank 0 of each DP replica) greedily generates from fixed prompts and gets the
 engine's log-prob of every generated token; all ranks then score prompt + generation with the
 trainer (megatron forward through the fused kernel) and the last stage compares. Generating once
 before the sync too shows the engine really was stale (the check is not vacuous).
@@ -10,6 +13,7 @@ import argparse
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as mpu
 
 from dist_harness import write_result
 from sft_steps import fixed_batch
@@ -33,8 +37,10 @@ def engine_generations(engine, vocab: int) -> tuple:
 
 
 def share_from_owner(obj):
+    """The owner's object on every rank of its replica (the TP x PP group)."""
+    group = mpu.get_model_parallel_group()
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=min(dist.get_process_group_ranks(group)), group=group)
     return box[0]
 
 
@@ -60,33 +66,41 @@ def max_diff(model, generations) -> float:
     return None if trainer_lp is None else (trainer_lp.double() - torch.tensor(engine_lp)).abs().max().item()
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--hf-dir", required=True)
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--bucket-mb", type=float, default=0.0625)
-    args = p.parse_args()
-    config = load_config(None, [f"model.hf_dir={args.hf_dir}", f"parallel.tp={args.tp}", f"parallel.pp={args.pp}",
-                                "optim.lr=0.01", f"trainer.total_steps={args.steps}"])
-    arch = load_arch(args.hf_dir)
+def check_layout(hf_dir: str, tp: int, pp: int, steps: int, bucket_mb: float) -> dict:
+    config = load_config(None, [f"model.hf_dir={hf_dir}", f"parallel.tp={tp}", f"parallel.pp={pp}",
+                                "optim.lr=0.01", f"trainer.total_steps={2 * steps}"])
+    arch = load_arch(hf_dir)
     validate_parallelism(config, arch, world_size_from_env())
-    ctx = init_distributed(args.tp, args.pp, seed=0)
+    ctx = init_distributed(tp, pp, seed=0)
     state = build_train_state(config, arch)
     tokens, targets = fixed_batch(arch.vocab_size)
     loss_fn = sft_loss_fn(float((targets != IGNORE).sum()))
-    for _ in range(args.steps):  # the trainer's weights now differ from the checkpoint the engine loaded
-        train_step(state, [MicroBatch(tokens, targets)], loss_fn)
+    engine = EmbeddedEngine(hf_dir) if ctx.tp_rank == 0 and ctx.pp_rank == 0 else None
+    result = {"layout": f"tp{tp}pp{pp}", "dp": ctx.dp_size, "is_last_stage": ctx.is_last_stage}
+    for transport in ("collective", "shared_memory"):
+        for _ in range(steps):  # the trainer's weights now differ from what the engine holds
+            train_step(state, [MicroBatch(tokens, targets)], loss_fn)
+        sync = WeightSync(state.model, arch, engine, bucket_mb=bucket_mb, transport=transport)
+        stale_diff = max_diff(state.model, engine and engine_generations(engine, arch.vocab_size))
+        stats = sync.sync()
+        synced_diff = max_diff(state.model, engine and engine_generations(engine, arch.vocab_size))
+        result[transport] = {"stale_diff": stale_diff, "synced_diff": synced_diff, "buckets": stats.buckets,
+                             "solo_buckets": sum(len(b.slots) == 1 for b in sync.plan)}
+    mpu.destroy_model_parallel()  # the next layout re-initialises megatron in the same world
+    return result
 
-    engine = EmbeddedEngine(args.hf_dir) if ctx.tp_rank == 0 and ctx.pp_rank == 0 else None
-    sync = WeightSync(state.model, arch, engine, bucket_mb=args.bucket_mb)
-    stale_diff = max_diff(state.model, engine and engine_generations(engine, arch.vocab_size))
-    stats = sync.sync()
-    synced_diff = max_diff(state.model, engine and engine_generations(engine, arch.vocab_size))
-    write_result({"is_last_stage": ctx.is_last_stage, "stale_diff": stale_diff, "synced_diff": synced_diff,
-                  "buckets": stats.buckets, "bytes": stats.bytes,
-                  "solo_buckets": sum(len(b.slots) == 1 for b in sync.plan)})
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--layout", action="append", required=True, help="HF_DIR:TP:PP (the rest of the world is DP)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--bucket-mb", type=float, default=0.0625)
+    args = p.parse_args()
+    results = []
+    for layout in args.layout:
+        hf_dir, tp, pp = layout.rsplit(":", 2)
+        results.append(check_layout(hf_dir, int(tp), int(pp), args.steps, args.bucket_mb))
+    write_result(results)
 
 
 if __name__ == "__main__":

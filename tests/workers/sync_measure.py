@@ -5,11 +5,12 @@ and bench/weight_sync.py (reports time ratios); tests never look at the timings.
 Peak extra memory = resident high-water mark during the syncs minus the resident size just before
 them (Linux: /proc/self/clear_refs resets VmHWM). Launch with MALLOC_MMAP_THRESHOLD_ set low so
 glibc maps every tensor-sized allocation and unmaps it on free: RSS then follows live tensors
-instead of heap memory malloc keeps after a free. One untimed sync first, so one-off Python/allocator
-growth is not charged to a bucket size.
+instead of heap memory malloc keeps after a free. One untimed sync per transport first, so one-off
+Python/allocator growth is not charged to a bucket size.
 """
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,15 +32,20 @@ def resident_bytes(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def measure_sync(sync: WeightSync, repeats: int) -> dict:
+def measure_sync(make_sync, repeats: int) -> dict:
+    """Build a WeightSync (its buffers count: the shared-memory one maps its bucket up front) and
+    sync `repeats` times; peak extra memory over all of it, best time."""
     dist.barrier()
     baseline = resident_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    sync = make_sync()
     seconds = []
     for _ in range(repeats):
-        dist.barrier()  # all stages start together; the owner's time covers everyone's work
+        dist.barrier()  # all ranks start together; the sync ends when the owner has applied everything
         seconds.append(sync.sync().seconds)
-    return {"seconds": min(seconds), "peak_extra_bytes": resident_bytes("VmHWM") - baseline}
+    return {"seconds": min(seconds), "peak_extra_bytes": resident_bytes("VmHWM") - baseline,
+            "bytes": sync.total_bytes, "buckets": len(sync.plan),
+            "largest_tensor_bytes": max(s.numel for b in sync.plan for s in b.slots) * 4}
 
 
 def memcpy_seconds(nbytes: int, repeats: int) -> float:
@@ -59,6 +65,7 @@ def main():
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--bucket-mb", type=float, nargs="+", required=True)
+    p.add_argument("--transports", nargs="+", default=["collective", "shared_memory"])
     p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args()
     arch = load_arch(args.hf_dir)
@@ -68,12 +75,11 @@ def main():
     load_hf_weights(model, args.hf_dir, arch, padded_vocab)
     engine = EmbeddedEngine(args.hf_dir) if ctx.tp_rank == 0 and ctx.pp_rank == 0 else None
     results = []
-    for bucket_mb in args.bucket_mb:
-        sync = WeightSync(model, arch, engine, bucket_mb)
-        sync.sync()  # warm-up, untimed
-        results.append({"bucket_mb": bucket_mb, "bytes": sync.total_bytes,
-                        "largest_tensor_bytes": max(s.numel for b in sync.plan for s in b.slots) * 4,
-                        **measure_sync(sync, args.repeats)})
+    for transport in args.transports:
+        WeightSync(model, arch, engine, args.bucket_mb[0], transport).sync()  # warm-up, unmeasured
+        for bucket_mb in args.bucket_mb:
+            make_sync = partial(WeightSync, model, arch, engine, bucket_mb, transport)
+            results.append({"transport": transport, "bucket_mb": bucket_mb, **measure_sync(make_sync, args.repeats)})
     dist.barrier()
     memcpy = memcpy_seconds(results[0]["bytes"], max(3, args.repeats)) if ctx.rank == 0 else None
     write_result({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank,
