@@ -4,14 +4,15 @@
 #
 #   . .venv/bin/activate && bash examples/smollm2_gsm_symbolic_cpu.sh [dotted.key=value ...]
 #
-# Env: STEPS (default 40, ~10-30 s each on a 2-core CPU), EVAL_EVERY (default 20), PYTHON.
+# Env: STEPS (default 30), EVAL_EVERY (default 10), PYTHON. A step (16 rollouts of <= 160 tokens,
+# then forward/backward over them and the expert solutions) took 4.5-6 min on a shared 2-core CPU.
 # Conversions are skipped when their output exists; extra arguments are passed to superrl.train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python}
-STEPS=${STEPS:-40}
-EVAL_EVERY=${EVAL_EVERY:-20}
+STEPS=${STEPS:-30}
+EVAL_EVERY=${EVAL_EVERY:-10}
 MODEL=runs/smollm2-135m-instruct  # must match model.* in the YAML
 CONFIG=examples/smollm2_gsm_symbolic_cpu.yaml
 RUN_DIR=runs/smollm2_gsm_symbolic

@@ -74,3 +74,9 @@ def rewrite_function(module_name: str, qualname: str, replacements, source: str 
     func.__code__ = new_code
     func.__superrl_original_source__ = original  # re-applying patches starts from upstream code
     return func
+
+
+def apply_rewrites(rewrites) -> None:
+    """Apply (module, qualname, [(old, new), ...]) rewrites."""
+    for module_name, qualname, replacements in rewrites:
+        rewrite_function(module_name, qualname, replacements)

@@ -3,7 +3,7 @@
 Tensor methods cannot be redirected through megatron's module-local `torch` (patch 2), so the few
 functions that call them are recompiled with `.cuda()` replaced by a no-op move to the CPU.
 """
-from ._core import rewrite_function
+from ._core import apply_rewrites
 
 REWRITES = [
     # Tied embeddings at PP > 1: first and last stage all-reduce the shared weight.
@@ -19,5 +19,4 @@ REWRITES = [
 
 
 def apply() -> None:
-    for module_name, qualname, replacements in REWRITES:
-        rewrite_function(module_name, qualname, replacements)
+    apply_rewrites(REWRITES)

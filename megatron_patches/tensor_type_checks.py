@@ -3,7 +3,7 @@
 clip_grads asserts grads are 'torch.cuda.FloatTensor' and the distributed optimizer sorts params
 into fp16/fp32 groups by the same strings; on CPU the strings lack the '.cuda' part.
 """
-from ._core import rewrite_function
+from ._core import apply_rewrites
 
 REWRITES = [
     ("megatron.core.optimizer.clip_grads", "clip_grad_by_total_norm_fp32",
@@ -18,5 +18,4 @@ REWRITES = [
 
 
 def apply() -> None:
-    for module_name, qualname, replacements in REWRITES:
-        rewrite_function(module_name, qualname, replacements)
+    apply_rewrites(REWRITES)

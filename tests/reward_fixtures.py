@@ -1,9 +1,7 @@
-"""Reward functions for trainer tests: dense and deterministic, so a random tiny model gets a mix
-of solved (PG) and unsolved (SFT) prompts and every metric is exercised."""
+"""Reward functions for trainer tests: deterministic, and dense enough that a random tiny model
+gets a mix of solved (PG) and unsolved (SFT) prompts, so every metric is exercised."""
 
 
-def digit_fraction(solution_str: str, ground_truth: str) -> float:
-    """Fraction of characters that are digits: nonzero for some random responses, rarely all."""
-    if not solution_str:
-        return 0.0
-    return sum(ch.isdigit() for ch in solution_str) / len(solution_str)
+def has_digit(solution_str: str, ground_truth: str) -> float:
+    """1 when the response contains a digit: about a quarter of random 12-token responses do."""
+    return float(any(ch.isdigit() for ch in solution_str))

@@ -1,6 +1,5 @@
 """Every example recipe is valid without running it: shell syntax, config schema, and the TP x PP
 layout against the model's shape at the world size its shell script launches."""
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -76,9 +75,8 @@ def _world_size(line: str, text: str) -> int:
 
 def _tiny_model_arch(text: str):
     """The arch tools/make_tiny_model.py writes with the arguments the script passes it."""
-    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "tools" / "make_tiny_model.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    import make_tiny_model as tool  # tools/ is on sys.path (conftest); imports transformers, so lazily
+
     line = next(line for line in _commands(text) if "make_tiny_model.py" in line)
     words = shlex.split(line)
     args = tool.parse_args(words[words.index(next(w for w in words if w.endswith("make_tiny_model.py"))) + 1:])

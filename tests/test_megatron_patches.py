@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import megatron_patches
-from megatron_patches import PatchMismatchError, tensor_type_checks
+from megatron_patches import PatchMismatchError, tensor_cuda_calls, tensor_type_checks, torch_adam_step
 from megatron_patches._core import check_megatron_version, rewrite_function
 
 
@@ -34,7 +34,11 @@ def test_patched_function_keeps_identity_and_clips_cpu_grads():
     torch.testing.assert_close(param.grad, torch.full((4,), 2.0 / (4.0 + 1e-6)))
 
 
-@pytest.mark.parametrize("module_name,qualname,replacements", tensor_type_checks.REWRITES)
+ALL_REWRITES = tensor_type_checks.REWRITES + tensor_cuda_calls.REWRITES + torch_adam_step.REWRITES
+
+
+@pytest.mark.parametrize("module_name,qualname,replacements", ALL_REWRITES,
+                         ids=[qualname for _, qualname, _ in ALL_REWRITES])
 def test_altered_upstream_source_raises(module_name, qualname, replacements):
     """Feed each patch a copy of its target with the expected snippet changed, as a new release would."""
     import importlib
@@ -45,7 +49,8 @@ def test_altered_upstream_source_raises(module_name, qualname, replacements):
         owner = getattr(owner, part)
     source = inspect.unwrap(owner).__superrl_original_source__
     old = replacements[0][0]
-    altered = source.replace(old, old.replace("==", "!=").replace(" in ", " not in "))
+    altered = source.replace(old, "superrl_upstream_changed_this_line()\n" if old.endswith("\n") else
+                             "superrl_upstream_changed_this_line()")
     assert altered != source
     with pytest.raises(PatchMismatchError, match="expected code not found, megatron-core changed"):
         rewrite_function(module_name, qualname, replacements, source=altered)

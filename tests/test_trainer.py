@@ -12,6 +12,7 @@ import pytest
 import make_arith_dataset
 from dist_harness import REPO_ROOT, _env, torchrun_module
 from superrl.trainer.metrics import read_metrics
+from superrl.weights.megatron_checkpoint import METADATA_FILE
 
 STEPS = 3
 COMPARED = ("loss/", "reward/", "switch/", "actor/")
@@ -32,8 +33,8 @@ model: {{hf_dir: {hf_dir}}}
 data: {{train_files: [{data_dir}/train.jsonl], eval_files: [{data_dir}/eval.jsonl], max_prompt_len: 64,
         prompt_template: plain}}
 rollout: {{n: 4, max_tokens: 12, temperature: 1.0}}
-reward: {{function: "reward_fixtures:digit_fraction"}}
-algorithm: {{switch: {{mode: per_prompt, eps: 0.25}}, hybrid: {{weighting: hard_gate}}}}
+reward: {{function: "reward_fixtures:has_digit"}}
+algorithm: {{switch: {{mode: per_prompt}}, hybrid: {{weighting: hard_gate}}}}
 optim: {{lr: 1.0e-3, micro_batch_size: 4}}
 trainer: {{total_steps: {steps}, prompts_per_step: 4, run_dir: {run_dir}, save_every: {save_every},
           eval_every: {eval_every}, seed: 3}}
@@ -85,7 +86,7 @@ def test_kill_9_after_checkpoint_then_resume_is_bitwise(tmp_path, tiny_llama, ar
     cmd = [sys.executable, "-m", "superrl.train", "--config", config]
     proc = subprocess.Popen(cmd, env=_env(str(tmp_path)), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = tmp_path / "run" / "checkpoints" / "step_2" / "meta.json"
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_2" / METADATA_FILE
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)

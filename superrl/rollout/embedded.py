@@ -64,11 +64,13 @@ class EmbeddedEngine:
     # ----------------------------------------------------------------- generation
     @torch.inference_mode()
     def generate(self, prompt_token_ids: list, params: SamplingParams, *,
-                 ignore_eos: bool = False) -> list:
+                 ignore_eos: bool = False, prompt_index_offset: int = 0) -> list:
         """Per prompt, `params.n` Completions. Stops on params.stop_token_ids and the model's eos
-        (unless `ignore_eos`, used to force exact lengths in benchmarks)."""
+        (unless `ignore_eos`, used to force exact lengths in benchmarks). `prompt_index_offset`:
+        index of the first prompt in a batch split over data-parallel ranks, so each slice samples
+        exactly as the whole batch would in one call."""
         self._check_prompts(prompt_token_ids)
-        sequences = self._make_sequences(prompt_token_ids, params)
+        sequences = self._make_sequences(prompt_token_ids, params, prompt_index_offset)
         slots = min(self.max_batch_size, len(sequences))
         longest = max(len(p) for p in prompt_token_ids) + params.max_tokens
         self._reserve(slots, longest)
@@ -93,12 +95,12 @@ class EmbeddedEngine:
             if min(prompt) < 0 or max(prompt) >= vocab:
                 raise ValueError(f"generate: prompt {index} has a token id outside [0, {vocab})")
 
-    def _make_sequences(self, prompt_token_ids: list, params: SamplingParams) -> list:
+    def _make_sequences(self, prompt_token_ids: list, params: SamplingParams, prompt_index_offset: int) -> list:
         base_seed = params.seed if params.seed is not None else \
             int(torch.randint(0, 2**62, (1,), generator=self._generator))
         prompt_index = torch.arange(len(prompt_token_ids)).repeat_interleave(params.n)
         sample_index = torch.arange(params.n).repeat(len(prompt_token_ids))
-        seeds = sequence_seeds(base_seed, prompt_index, sample_index).tolist()
+        seeds = sequence_seeds(base_seed, prompt_index + prompt_index_offset, sample_index).tolist()
         return [Sequence(p, s, list(prompt_token_ids[p]), seed)
                 for p, s, seed in zip(prompt_index.tolist(), sample_index.tolist(), seeds)]
 

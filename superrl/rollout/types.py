@@ -36,8 +36,10 @@ class Completion:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompt_token_ids: list, params: SamplingParams) -> list:
-        """Return, per prompt, `params.n` Completions."""
+    def generate(self, prompt_token_ids: list, params: SamplingParams, *,
+                 prompt_index_offset: int = 0) -> list:
+        """Return, per prompt, `params.n` Completions. A seeded call's randomness depends on
+        (seed, prompt_index_offset + prompt index, sample index) only."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load full (unsharded) tensors named as in the HF checkpoint."""

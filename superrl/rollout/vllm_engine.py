@@ -96,15 +96,19 @@ class VLLMEngine:
         self.fused_layer_buffer = FusedLayerBuffer(self._packed_modules_mapping(), list(self.expected_shapes))
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(self, prompt_token_ids: list, params: SamplingParams, *, ignore_eos: bool = False) -> list:
+    def generate(self, prompt_token_ids: list, params: SamplingParams, *, ignore_eos: bool = False,
+                 prompt_index_offset: int = 0) -> list:
         """Per prompt, `params.n` Completions. Stops on `params.stop_token_ids` and the model's eos
         (unless `ignore_eos`, used to force exact lengths in benchmarks); the stop token is kept in
-        `token_ids`. `logprobs[i]` is log pi(token_ids[i]) under the raw temperature-1 distribution."""
+        `token_ids`. `logprobs[i]` is log pi(token_ids[i]) under the raw temperature-1 distribution.
+        `prompt_index_offset`: index of the first prompt in a batch split over data-parallel ranks,
+        so each slice samples exactly as the whole batch would in one call."""
         if self.is_sleeping:
             raise RuntimeError("VLLMEngine.generate called while asleep: call wake_up() first")
         check_prompts(prompt_token_ids)
         prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
-        request_params = [to_vllm_params(params, i, ignore_eos) for i in range(len(prompts))]
+        request_params = [to_vllm_params(params, prompt_index_offset + i, ignore_eos)
+                          for i in range(len(prompts))]
         outputs = self.llm.generate(prompts, request_params, use_tqdm=False)
         return [[to_completion(out) for out in sorted(req.outputs, key=lambda o: o.index)]
                 for req in outputs]

@@ -29,8 +29,10 @@ def sampling_params(rollout_cfg, seed: int, eos_token_id: int, temperature=None,
         stop_token_ids=[eos_token_id], seed=seed)
 
 
-def generate_and_score(engine, tokenizer, scorer, examples: list, params: SamplingParams) -> Rollouts:
-    completions = engine.generate([ex.prompt_ids for ex in examples], params)
+def generate_and_score(engine, tokenizer, scorer, examples: list, params: SamplingParams,
+                       prompt_index_offset: int = 0) -> Rollouts:
+    completions = engine.generate([ex.prompt_ids for ex in examples], params,
+                                  prompt_index_offset=prompt_index_offset)
     texts, truths, sources = [], [], []
     for ex, group in zip(examples, completions):
         for completion in group:

@@ -67,11 +67,13 @@ class Trainer:
         rollouts = None
         if self.engine is not None:
             params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id, n=n)
-            rollouts = generate_and_score(self.engine, self.tokenizer, self.scorer, examples, params)
+            # Seeds follow the global prompt index: DP1 and DPn sample the same responses.
+            rollouts = generate_and_score(self.engine, self.tokenizer, self.scorer, examples, params,
+                                          prompt_index_offset=self.ctx.dp_rank * len(examples))
         return share_with_model_parallel_group(rollouts)
 
     def _rollout_seed(self, step: int) -> int:
-        return (self.config.trainer.seed * 1_000_003 + step) * self.ctx.dp_size + self.ctx.dp_rank
+        return self.config.trainer.seed * 1_000_003 + step
 
     def run_probe(self) -> dict:
         """SuperRL v1: one probe rollout decides for the whole run whether rewards are sparse."""
