@@ -24,12 +24,12 @@ def attach_old_logprobs(model, micro_batches: list, key: str = "old_logprobs") -
 
 def _policy_entropy(micro_batches: list) -> float:
     """DP-global token-mean entropy of the rollout tokens under the current policy (detached)."""
-    values, masks = [], []
+    values = []
     for mb in micro_batches:
         rows = mb.extras["kind"] == ROLLOUT
-        values.append(mb.extras["old_entropy"][rows])
-        masks.append((mb.targets[rows] != IGNORE).to(values[-1].dtype))
-    return global_token_mean(torch.cat(values), torch.cat(masks), mpu.get_data_parallel_group())
+        values.append(mb.extras["old_entropy"][rows][mb.targets[rows] != IGNORE])
+    values = torch.cat(values)  # flat: micro-batches may differ in width
+    return global_token_mean(values, torch.ones_like(values), mpu.get_data_parallel_group())
 
 
 def loss_scales(cfg, decision, rollout, experts, micro_batches: list):

@@ -1,8 +1,11 @@
-"""Pack rollout rows (prompt + response) and expert rows (prompt + y*) into equal-shape micro-batches.
+"""Pack rollout rows (prompt + response) and expert rows (prompt + y*) into micro-batches.
 
-Pipeline schedules need every micro-batch of a step to share one [micro_batch_size, S] shape, so
-rows are right-padded to the step's longest row and the last micro-batch is filled with padding
-rows that carry no targets. Row kinds and row indices travel in `MicroBatch.extras`.
+Rows are sorted by length so rows of similar length share a micro-batch (little padding); the
+losses are normalised by global counts, so grouping does not change what is optimised. Pipeline
+schedules need every micro-batch of a step to share one [micro_batch_size, S] shape, so with PP > 1
+rows are padded to the step's longest row; without PP each micro-batch is only as wide as its own
+longest row. The last micro-batch is filled with padding rows that carry no targets. Row kinds and
+row indices travel in `MicroBatch.extras`.
 """
 from dataclasses import dataclass
 
@@ -55,20 +58,31 @@ def target_mask(rows: list) -> torch.Tensor:
     return mask
 
 
-def pack_micro_batches(rows: list, micro_batch_size: int, pad_id: int) -> list:
+def _row_width(row: Row) -> int:
+    return len(row.prompt_ids) + len(row.response_ids) - 1
+
+
+def pack_micro_batches(rows: list, micro_batch_size: int, pad_id: int, uniform_width: bool) -> list:
     if not rows:
         raise ValueError("no rows to pack")
-    width = max(len(r.prompt_ids) + len(r.response_ids) - 1 for r in rows)
-    num_padding = -len(rows) % micro_batch_size
-    tokens = torch.full((len(rows) + num_padding, width), pad_id, dtype=torch.long)
+    rows = sorted(rows, key=_row_width)
+    step_width = _row_width(rows[-1])
+    rows += [None] * (-len(rows) % micro_batch_size)  # padding rows
+    return [_micro_batch(rows[s:s + micro_batch_size], pad_id, step_width if uniform_width else None)
+            for s in range(0, len(rows), micro_batch_size)]
+
+
+def _micro_batch(rows: list, pad_id: int, width) -> MicroBatch:
+    width = width or max(_row_width(r) for r in rows if r is not None)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full_like(tokens, IGNORE)
-    kinds = torch.full((tokens.shape[0],), PADDING, dtype=torch.long)
+    kinds = torch.full((len(rows),), PADDING, dtype=torch.long)
     indices = torch.zeros_like(kinds)
     for i, row in enumerate(rows):
+        if row is None:
+            continue
         inputs, row_targets = row.inputs_and_targets()
         tokens[i, :len(inputs)] = torch.tensor(inputs)
         targets[i, :len(row_targets)] = torch.tensor(row_targets)
         kinds[i], indices[i] = row.kind, row.index
-    return [MicroBatch(tokens[s:s + micro_batch_size], targets[s:s + micro_batch_size],
-                       {"kind": kinds[s:s + micro_batch_size], "index": indices[s:s + micro_batch_size]})
-            for s in range(0, tokens.shape[0], micro_batch_size)]
+    return MicroBatch(tokens, targets, {"kind": kinds, "index": indices})

@@ -104,7 +104,8 @@ class Trainer:
         sft_prompts = (~decision.gates).nonzero().squeeze(1).tolist()
         experts = batching.expert_rows(examples, sft_prompts)
         micro_batches = batching.pack_micro_batches(rollout[0] + experts[0], cfg.optim.micro_batch_size,
-                                                    self.tokenizer.pad_token_id)
+                                                    self.tokenizer.pad_token_id,
+                                                    uniform_width=self.ctx.pp_size > 1)
         actor_update.attach_old_logprobs(self.state.model, micro_batches)
         if self.reference is not None:
             actor_update.attach_old_logprobs(self.reference, micro_batches, key="ref_logprobs")

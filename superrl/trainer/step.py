@@ -32,9 +32,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch], tuple]  # -> (loss, 
 
 def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: bool = False) -> dict:
     """Run all micro-batches; return metric sums, all-reduced so every rank holds the same dict."""
-    seq_len = micro_batches[0].tokens.shape[1]
-    mbs = micro_batches[0].tokens.shape[0]
-    if any(mb.tokens.shape != (mbs, seq_len) for mb in micro_batches):
+    mbs, seq_len = micro_batches[0].tokens.shape
+    pipelined = mpu.get_pipeline_model_parallel_world_size() > 1
+    if pipelined and any(mb.tokens.shape != (mbs, seq_len) for mb in micro_batches):
         raise ValueError("pipeline schedules need equal micro-batch shapes; pad micro-batches first")
 
     def forward_step(data_iterator, model_chunk):
