@@ -133,6 +133,8 @@ def _coerce(value, hint, key: str):
         raise ConfigError(f"{key} must not be null")
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
     base = typing.get_origin(base) or base
+    if base is str and isinstance(value, bool):  # YAML 1.1 reads bare `off` / `on` as booleans
+        return "on" if value else "off"
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is list and isinstance(value, (str, tuple)):

@@ -23,6 +23,14 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert config.data.train_files == ["a.jsonl", "b.parquet"]
 
 
+def test_bare_off_is_the_off_mode_not_a_boolean(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm: {switch: {mode: off}}\nmodel: {transformer_engine: on}\n")
+    assert load_config(str(path)).algorithm.switch.mode == "off"
+    assert load_config(str(path)).model.transformer_engine == "on"
+    assert load_config(None, ["algorithm.switch.mode=off"]).algorithm.switch.mode == "off"
+
+
 @pytest.mark.parametrize("override,message", [
     ("parallel.tpp=2", "unknown config key 'parallel.tpp'; did you mean 'parallel.tp'?"),
     ("trainer.totl_steps=2", "did you mean 'trainer.total_steps'?"),

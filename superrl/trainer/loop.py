@@ -35,6 +35,9 @@ def load_examples(config: Config, files: list, tokenizer):
 
 class Trainer:
     def __init__(self, config: Config, arch: ModelArch, ctx: ParallelContext):
+        if config.algorithm.kl_in_reward and config.algorithm.kl_coef > 0:
+            raise ConfigError("algorithm.kl_in_reward=true is not supported by the trainer; use the KL "
+                              "loss term (algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
         if config.trainer.prompts_per_step % ctx.dp_size:
             raise ConfigError(f"trainer.prompts_per_step={config.trainer.prompts_per_step} is not divisible "
                               f"by the data-parallel size {ctx.dp_size}")
@@ -42,7 +45,8 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
         loaded, self.example_set = load_examples(config, config.data.train_files, self.tokenizer)
         self.data_stats = {"data/skipped_rows": float(len(loaded.skipped)),
-                           "data/prompts_dropped": float(self.example_set.prompts_dropped)}
+                           "data/prompts_dropped": float(self.example_set.prompts_dropped),
+                           "data/prompts_truncated": float(self.example_set.prompts_truncated)}
         self.loader = PromptDataLoader(self.example_set.examples, config.trainer.prompts_per_step,
                                        seed=config.trainer.seed)
         self.state = build_train_state(config, arch)

@@ -12,6 +12,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from superrl.algorithms.sft_loss import sft_loss
+
 IGNORE = -100
 
 
@@ -92,20 +94,12 @@ def train_step(state, micro_batches: list, loss_fn: LossFn) -> dict:
     return metrics
 
 
-def count_global(values: list, group=None) -> list:
-    """All-reduced SUMs of counts (never an average of averages): every rank gets the totals."""
-    t = torch.tensor(values, dtype=torch.float64)
-    if group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(t, group=group)
-    return t.tolist()
-
-
 def sft_loss_fn(global_target_tokens: float) -> LossFn:
     """Token-mean NLL over the whole DP batch: each micro-batch divides by the global count."""
     def loss_fn(logprobs, entropy, mb: MicroBatch):
         mask = (mb.targets != IGNORE).to(logprobs.dtype)
-        nll_sum = -(logprobs * mask).sum()
-        return nll_sum / global_target_tokens, {"loss/sft_sum": nll_sum, "tokens": mask.sum()}
+        loss = sft_loss(logprobs, mask, "token_mean", global_target_tokens)
+        return loss, {"loss/sft_sum": loss.detach() * global_target_tokens, "tokens": mask.sum()}
     return loss_fn
 
 

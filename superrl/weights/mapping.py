@@ -7,7 +7,6 @@ parts of one TP shard are fused into the megatron shard (and split back). Fusing
 shard because megatron's fused tensors are not a plain concatenation of HF tensors at TP > 1:
 QKV interleaves query groups, and linear_fc1 holds [gate_r; up_r] on each rank r.
 """
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -192,11 +191,3 @@ def stage_state_to_hf(get_shards: Callable[[str, ParamMap], list], arch: ModelAr
             continue
         for name, tensor in zip(hf_names(m, layer), to_hf_tensors(m, get_shards(megatron_name(m, local), m), arch)):
             yield name, tensor
-
-
-_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.")
-
-
-def hf_layer_index(hf_name: str) -> Optional[int]:
-    match = _LAYER_RE.match(hf_name)
-    return int(match.group(1)) if match else None

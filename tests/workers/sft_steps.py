@@ -8,7 +8,8 @@ from superrl.config import load_config, validate_parallelism
 from superrl.distributed import init_distributed, world_size_from_env
 from superrl.models.architecture import load_arch
 from superrl.trainer.model_setup import build_train_state
-from superrl.trainer.step import IGNORE, MicroBatch, count_global, sft_loss_fn, train_step
+from superrl.algorithms.counts import all_reduce_sum
+from superrl.trainer.step import IGNORE, MicroBatch, sft_loss_fn, train_step
 
 
 def fixed_batch(vocab: int, n_seqs: int = 8, seq_len: int = 16, seed: int = 1234):
@@ -42,7 +43,8 @@ def main():
     mbs = [MicroBatch(tokens[i:i + args.micro_batch], targets[i:i + args.micro_batch])
            for i in range(0, per_dp, args.micro_batch)]
     from megatron.core import parallel_state as mpu
-    (global_tokens,) = count_global([float((targets != IGNORE).sum())], mpu.get_data_parallel_group())
+    global_tokens = float(all_reduce_sum(torch.tensor([float((targets != IGNORE).sum())]),
+                                         mpu.get_data_parallel_group())[0])
     losses = []
     for _ in range(args.steps):
         metrics = train_step(state, mbs, sft_loss_fn(global_tokens))
