@@ -16,7 +16,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer import TransformerConfig
 
 from superrl.models.architecture import ModelArch
-from superrl.ops import fused_linear_logprobs_and_entropy
+from superrl.ops import FP8OutputLayer, FP8Recipe, fused_linear_logprobs_and_entropy
 
 
 def use_transformer_engine(setting: str) -> bool:
@@ -48,9 +48,19 @@ def transformer_config(arch: ModelArch, tp: int, pp: int) -> TransformerConfig:
 
 
 class PolicyModel(GPTModel):
-    """GPTModel whose last stage returns (logprobs, entropy) [b, s] when called with `labels`."""
+    """GPTModel whose last stage returns (logprobs, entropy) [b, s] when called with `labels`.
+
+    `fp8_output_layer` (set by `use_fp8_output_layer`) swaps the output GEMM of that fused kernel
+    for the FP8 one; the training loop does not know which runs.
+    """
 
     logprob_chunk_size = None
+    fp8_output_layer = None
+
+    def use_fp8_output_layer(self, amax_history: int) -> None:
+        # Kept outside the module tree (plain attribute): its amax history is recipe state that
+        # restarts with the process, not a parameter megatron should shard into checkpoints.
+        self.__dict__["fp8_output_layer"] = FP8OutputLayer(FP8Recipe(amax_history_len=amax_history))
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         if not self.post_process or labels is None:
@@ -59,9 +69,10 @@ class PolicyModel(GPTModel):
                   else self.output_layer.weight)
         b, s = labels.shape
         hidden = hidden_states.transpose(0, 1).reshape(b * s, -1)
-        logprobs, entropy = fused_linear_logprobs_and_entropy(
-            hidden, weight, labels.reshape(-1), tp_group=mpu.get_tensor_model_parallel_group(),
-            chunk_size=self.logprob_chunk_size)
+        fused = (self.fp8_output_layer.logprobs_and_entropy if self.fp8_output_layer is not None
+                 else fused_linear_logprobs_and_entropy)
+        logprobs, entropy = fused(hidden, weight, labels.reshape(-1), tp_group=mpu.get_tensor_model_parallel_group(),
+                                  chunk_size=self.logprob_chunk_size)
         return logprobs.view(b, s), entropy.view(b, s)
 
 

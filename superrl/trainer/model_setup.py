@@ -37,6 +37,8 @@ def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True
     model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
                                config.model.transformer_engine)
     model.logprob_chunk_size = config.model.logprob_chunk_size
+    if config.model.fp8_output_layer:
+        model.use_fp8_output_layer(config.model.fp8_amax_history)
     if load_weights:
         load_initial_weights(model, config, arch, padded_vocab)
     ddp_config = DistributedDataParallelConfig(

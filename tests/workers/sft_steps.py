@@ -29,9 +29,11 @@ def main():
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--fp8-output-layer", action="store_true")
     args = p.parse_args()
     config = load_config(None, [f"model.hf_dir={args.hf_dir}", f"parallel.tp={args.tp}",
-                                f"parallel.pp={args.pp}", "optim.lr=0.01", f"trainer.total_steps={args.steps}"])
+                                f"parallel.pp={args.pp}", "optim.lr=0.01", f"trainer.total_steps={args.steps}",
+                                f"model.fp8_output_layer={args.fp8_output_layer}"])
     arch = load_arch(args.hf_dir)
     validate_parallelism(config, arch, world_size_from_env())
     ctx = init_distributed(args.tp, args.pp, seed=0)
