@@ -102,3 +102,16 @@ def test_kill_9_after_checkpoint_then_resume_is_bitwise(tmp_path, tiny_llama, ar
 
 def _bitwise(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith(("timing/", "perf/", "sync/gbps", "sync/seconds"))}
+
+
+def test_eval_cli_reproduces_in_run_eval(reference_run):
+    """`python -m superrl.eval` on the step-4 checkpoint scores what the run itself scored at step 4."""
+    config, rows = reference_run
+    run_dir = os.path.join(os.path.dirname(config), "run")
+    output = torchrun_module("superrl.eval", 1, ["--config", config, "--checkpoint",
+                                                 os.path.join(run_dir, "checkpoints", "step_4")])
+    with open(os.path.join(run_dir, "eval", "step_4.json")) as f:
+        result = json.load(f)
+    assert "eval/arith_l1/accuracy=" in output
+    assert result["eval/accuracy"] == rows[3]["eval/accuracy"]
+    assert result["eval/arith_l1/accuracy"] == rows[3]["eval/arith_l1/accuracy"]

@@ -21,10 +21,9 @@ class Rollouts:
     reward_metrics: dict  # local counts, e.g. reward/errors
 
 
-def sampling_params(rollout_cfg, seed: int, eos_token_id: int, temperature=None, n=None) -> SamplingParams:
+def sampling_params(rollout_cfg, seed: int, eos_token_id: int) -> SamplingParams:
     return SamplingParams(
-        n=rollout_cfg.n if n is None else n,
-        temperature=rollout_cfg.temperature if temperature is None else temperature,
+        n=rollout_cfg.n, temperature=rollout_cfg.temperature,
         top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k, max_tokens=rollout_cfg.max_tokens,
         stop_token_ids=[eos_token_id], seed=seed)
 

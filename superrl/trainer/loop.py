@@ -3,7 +3,6 @@ step -> weight sync -> next step. One `Trainer` per rank; every collective is ex
 import time
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 from transformers import AutoTokenizer
 
@@ -67,10 +66,10 @@ class Trainer:
         per_rank = len(examples) // self.ctx.dp_size
         return examples[self.ctx.dp_rank * per_rank:(self.ctx.dp_rank + 1) * per_rank]
 
-    def _rollout(self, examples: list, seed: int, n=None):
+    def _rollout(self, examples: list, seed: int):
         rollouts = None
         if self.engine is not None:
-            params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id, n=n)
+            params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id)
             # Seeds follow the global prompt index: DP1 and DPn sample the same responses.
             rollouts = generate_and_score(self.engine, self.tokenizer, self.scorer, examples, params,
                                           prompt_index_offset=self.ctx.dp_rank * len(examples))
