@@ -15,16 +15,19 @@ from superrl.ops._softmax_chunks import (ShardTargets, accumulation_dtype, local
 from superrl.ops._tp import all_reduce_, tp_size
 from superrl.ops._validation import check_linear_inputs, check_target_range
 
-# Default chunk: ~32 MiB of logits (55 tokens at V/tp = 151936, 262 at 32000). Enough rows for
-# each chunk's GEMMs to run at full speed (measured on CPU: the same GEMM time as one unchunked
-# product), and small next to the [V/tp, h] weight gradient every path allocates anyway.
-DEFAULT_CHUNK_BYTES = 32 * 2 ** 20
+# Default chunk: 256 tokens. The chunk GEMMs' speed depends on the row count: on the CPU box at
+# V/tp = 151936, h = 896 the fused fwd+bwd took 2.3x / 1.4x / 1.3x the naive CPU time at 55 / 256
+# / 512 rows, 1.33x being the floor of 4 GEMMs (one recompute) against 3. 256 rows of logits are
+# 33 MB at V/tp = 32000 and 155 MB at 151936, small next to the [V/tp, h] weight gradient.
+# Huge vocab shards are capped at MAX_CHUNK_BYTES of logits.
+DEFAULT_CHUNK_TOKENS = 256
+MAX_CHUNK_BYTES = 256 * 2 ** 20
 _MIN_CHUNK_TOKENS = 16
 
 
 def default_chunk_size(vocab_shard: int, dtype: torch.dtype) -> int:
     row_bytes = vocab_shard * torch.finfo(accumulation_dtype(dtype)).bits // 8
-    return max(_MIN_CHUNK_TOKENS, DEFAULT_CHUNK_BYTES // row_bytes)
+    return max(_MIN_CHUNK_TOKENS, min(DEFAULT_CHUNK_TOKENS, MAX_CHUNK_BYTES // row_bytes))
 
 
 def accumulate_matmul_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -143,7 +146,7 @@ def fused_linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor
     hidden: [T, h], replicated over the TP group (the gradient is all-reduced over tp_group, so
     do not also route it through megatron's copy_to_tensor_model_parallel_region).
     weight: this rank's output-layer shard [V/tp, h]. targets: global ids [T], -100 = ignored.
-    chunk_size: tokens per chunk; default ~32 MiB of logits (`default_chunk_size`). Peak extra
+    chunk_size: tokens per chunk; default 256 (`default_chunk_size`). Peak extra
     memory is one chunk of logits plus the [V/tp, h] weight gradient, whatever T is.
     """
     return chunked_linear_logprobs_and_entropy(DenseProjection(), hidden, weight, targets,
