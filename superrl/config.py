@@ -86,6 +86,7 @@ class TrainerConfig:
     resume: bool = False
     resume_from: Optional[str] = None
     dist_timeout_s: float = 600.0  # a dead rank ends the job after this, instead of hanging it
+    max_consecutive_bad_steps: int = 5  # NaN/Inf loss or grads: skip the step; stop after this many in a row
 
 
 @dataclass
@@ -189,3 +190,16 @@ def validate_parallelism(config: Config, arch, world_size: int) -> None:
     if world_size % (tp * pp):
         raise ConfigError(f"world size {world_size} is not divisible by parallel.tp x parallel.pp "
                           f"= {tp} x {pp} = {tp * pp}")
+
+
+def validate_context_length(config: Config, arch) -> None:
+    """A rollout row is a prompt of at most data.max_prompt_len tokens plus a response of at most
+    rollout.max_tokens: it must fit the model's max_position_embeddings. Refused here, at start-up,
+    because neither the engine nor RoPE would fail later: they would silently run past the context
+    the model was trained for."""
+    prompt, response, context = config.data.max_prompt_len, config.rollout.max_tokens, arch.max_position_embeddings
+    if prompt < 1 or response < 1:
+        raise ConfigError(f"data.max_prompt_len={prompt} and rollout.max_tokens={response} must both be >= 1")
+    if prompt + response > context:
+        raise ConfigError(f"data.max_prompt_len + rollout.max_tokens = {prompt} + {response} = {prompt + response} "
+                          f"exceeds the model's max_position_embeddings={context}; lower one of them")

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from superrl.config import load_config, validate_parallelism
+from superrl.config import load_config, validate_context_length, validate_parallelism
 from superrl.distributed import destroy_distributed, init_distributed, world_size_from_env
 from superrl.models.architecture import load_arch
 
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
         raise SystemExit("superrl.eval: data.eval_files is empty")
     arch = load_arch(config.model.hf_dir)
     validate_parallelism(config, arch, world_size_from_env())
+    validate_context_length(config, arch)
     ctx = init_distributed(config.parallel.tp, config.parallel.pp, config.trainer.seed)
     from superrl.trainer.loop import evaluate_checkpoint  # after init: megatron patches in place
 

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from superrl.config import Config, load_config, validate_parallelism
+from superrl.config import Config, load_config, validate_context_length, validate_parallelism
 from superrl.distributed import destroy_distributed, init_distributed, world_size_from_env
 from superrl.models.architecture import load_arch
 
@@ -20,6 +20,7 @@ def setup(argv=None) -> tuple:
     config: Config = load_config(args.config, args.overrides)
     arch = load_arch(config.model.hf_dir)
     validate_parallelism(config, arch, world_size_from_env())
+    validate_context_length(config, arch)
     ctx = init_distributed(config.parallel.tp, config.parallel.pp, config.trainer.seed,
                            timeout_s=config.trainer.dist_timeout_s)
     return config, arch, ctx

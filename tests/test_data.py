@@ -2,6 +2,8 @@
 batches, the reasoning-gym source and tools/make_arith_dataset.py."""
 import importlib.util
 import json
+import logging
+import math
 import re
 import subprocess
 import sys
@@ -134,6 +136,8 @@ MALFORMED = [  # (bad line, expected message after "<file> line 3: ")
     ({"question": "   ", "answer": "#### 1"}, "column 'question' is empty"),
     ({"question": "q", "answer": "no final answer"}, "column 'answer' does not end in '#### <number>'"),
     ({"question": "q", "answer": "#### 5", "data_source": ""}, "column 'data_source' is empty"),
+    ({"question": None, "answer": "#### 1"}, "column 'question' is null"),
+    ({"question": ["q"], "answer": "#### 1"}, "column 'question' must be a string, got list"),
 ]
 
 
@@ -150,7 +154,29 @@ def test_skip_bad_rows_counts_them_and_keeps_line_numbers(tmp_path):
     loaded = load_rows([path], skip_bad_rows=True)
     assert len(loaded.rows) == 2 and len(loaded.skipped) == len(MALFORMED)
     assert loaded.rows[1]["origin"] == f"{path} line {len(lines)}"
-    assert [message.split(":")[0] for message in loaded.skipped] == [f"{path} line {n}" for n in range(3, 10)]
+    assert [message.split(":")[0] for message in loaded.skipped] == [f"{path} line {n}"
+                                                                     for n in range(3, 3 + len(MALFORMED))]
+
+
+def test_skipped_rows_are_logged_with_their_cause(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD_GSM8K, *(bad for bad, _ in MALFORMED)])
+    with caplog.at_level(logging.WARNING, logger="superrl.data.loading"):
+        load_rows([path], skip_bad_rows=True)
+    [record] = caplog.records
+    text = record.getMessage()
+    assert text.startswith(f"superrl: skipped {len(MALFORMED)} malformed dataset rows (data.skip_bad_rows=true)")
+    assert f"{path} line 2: invalid JSON" in text and f"{path} line 6: column 'question' is empty" in text
+    assert f"... and {len(MALFORMED) - 5} more" in text  # the rest are counted, not quoted
+
+
+def test_line_that_is_not_utf8_names_its_line_and_others_still_load(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps(GOOD_GSM8K).encode()
+    path.write_bytes(b"\n".join([b"\xef\xbb\xbf" + good, b'{"question": "caf\xe9", "answer": "#### 1"}', good]) + b"\n")
+    with pytest.raises(DataError, match=re.escape(f"{path} line 2: not valid UTF-8 (byte 18: invalid continuation byte)")):
+        load_rows(path)
+    loaded = load_rows(path, skip_bad_rows=True)  # line 1 starts with a byte-order mark: still a row
+    assert [row["origin"] for row in loaded.rows] == [f"{path} line 1", f"{path} line 3"]
 
 
 @pytest.mark.parametrize("record, message", [
@@ -159,6 +185,14 @@ def test_skip_bad_rows_counts_them_and_keeps_line_numbers(tmp_path):
     ({"prompt": [{"role": "user"}], "ground_truth": "1", "data_source": "x"}, "prompt message 1 must be"),
     ({"prompt": "p", "ground_truth": {"a": 1}, "data_source": "x"}, "column 'ground_truth' must be"),
     ({"prompt": "p", "data_source": "x"}, "missing column 'ground_truth'"),
+    ({"prompt": "p", "ground_truth": None, "data_source": "x"}, "column 'ground_truth' is null"),
+    ({"prompt": "p", "ground_truth": math.nan, "data_source": "x"}, "column 'ground_truth' is nan, not a finite"),
+    ({"prompt": "p", "reward_model": {}, "data_source": "x"}, "column 'reward_model': missing column 'ground_truth'"),
+    ({"prompt": 5, "ground_truth": "1", "data_source": "x"}, "column 'prompt' must be a string, got int"),
+    ({"prompt": [], "ground_truth": "1", "data_source": "x"}, "column 'prompt' is empty"),
+    ({"prompt": "p", "ground_truth": "1"}, "missing column 'data_source'"),
+    ({"prompt": "p", "ground_truth": "1", "expert_response": 3, "data_source": "x"},
+     "column 'expert_response' must be a string, got int"),
     ({"question": "q", "answer": "a", "context": [["t", "not a list"]], "supporting_facts": []},
      "column 'context' has an entry that is not [title, [sentences]]"),
     ({"question": "q", "answer": "a", "context": [["t", ["s"]]], "supporting_facts": [["t", "0"]]},
@@ -178,6 +212,26 @@ def test_malformed_parquet_row_names_row(tmp_path):
     assert len(load_rows(path, skip_bad_rows=True).skipped) == 1
 
 
+@pytest.mark.parametrize("records, message", [
+    ([{"question": 7, "answer": "#### 1"}], "row 1: column 'question' must be a string, got int"),  # typed column
+    ([GOOD_GSM8K, {"question": "q", "answer": None}], "row 2: column 'answer' is null"),  # Arrow's missing value
+    ([{"prompt": "p", "ground_truth": 1.5, "data_source": "x"}, {"prompt": "p", "ground_truth": math.inf,
+                                                                 "data_source": "x"}],
+     "row 2: column 'ground_truth' is inf, not a finite number"),
+])
+def test_parquet_column_of_the_wrong_type_names_row(tmp_path, records, message):
+    path = write_parquet(tmp_path / "bad.parquet", records)
+    with pytest.raises(DataError, match=re.escape(f"{path} {message}")):
+        load_rows(path)
+
+
+def test_unreadable_parquet_file_names_it_even_when_skipping_rows(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"this is not a parquet file" * 10)
+    with pytest.raises(DataError, match=re.escape(f"{path}: not a readable parquet file")):
+        load_rows(path, skip_bad_rows=True)  # a whole file is not a row: never skipped
+
+
 @pytest.mark.parametrize("name, message", [("rows.csv", "unsupported data file type '.csv'"),
                                            ("missing.jsonl", "no such data file")])
 def test_bad_file_paths(tmp_path, name, message):
@@ -186,8 +240,9 @@ def test_bad_file_paths(tmp_path, name, message):
 
 
 def test_file_with_only_bad_rows_is_an_error(tmp_path):
-    with pytest.raises(DataError, match="no usable rows"):
-        load_rows(write_jsonl(tmp_path / "bad.jsonl", ["{"]), skip_bad_rows=True)
+    path = write_jsonl(tmp_path / "bad.jsonl", ["{"])
+    with pytest.raises(DataError, match=re.escape(f"(1 skipped; the first: {path} line 1: invalid JSON")):
+        load_rows(path, skip_bad_rows=True)
 
 
 def test_chat_and_plain_prompt_formatting(tokenizer):
@@ -231,6 +286,15 @@ def test_prompt_length_policy(tokenizer):
         build_examples(rows, tokenizer, max_prompt_len=limit, overlong="error")
     with pytest.raises(ValueError, match="overlong"):
         build_examples(rows, tokenizer, max_prompt_len=limit, overlong="cut")
+
+
+def test_every_prompt_too_long_is_an_error_not_an_empty_data_set(tokenizer):
+    rows = load_rows(GSM8K).rows
+    shortest = min(len(e.prompt_ids) for e in build_examples(rows, tokenizer, max_prompt_len=10_000).examples)
+    with pytest.raises(DataError, match=re.escape(f"all {len(rows)} prompts are longer than data.max_prompt_len="
+                                                  f"{shortest - 1} tokens (the shortest has {shortest})")):
+        build_examples(rows, tokenizer, max_prompt_len=shortest - 1)
+    assert len(build_examples(rows, tokenizer, max_prompt_len=shortest).examples) >= 1
 
 
 def batches(loader, count):

@@ -1,12 +1,7 @@
-"""Reward functions (tables of formatting traps), source dispatch, and isolation of bad rewards.
-
-Reward workers import this module to reach ``misbehaving_reward``, so it imports math-verify lazily
-(through the ``math_reward`` fixture) to keep worker restarts cheap.
-"""
-import math
-import os
+"""Reward functions (tables of formatting traps), source dispatch, and isolation of bad rewards
+(the misbehaving functions live in ``reward_fixtures``, which reward workers import)."""
+import logging
 import threading
-import time
 
 import pytest
 
@@ -203,23 +198,12 @@ def test_bad_reward_config_fails_at_load_time(source, override, message):
         RewardScorer([source], override)
 
 
-# Reward functions for the isolation tests; workers import them as ``test_rewards:<name>``.
-def misbehaving_reward(solution_str, ground_truth):
-    """Behaves as the solution text says."""
-    if solution_str == "raise":
-        raise RuntimeError("reward bug")
-    if solution_str == "hang":
-        time.sleep(600)
-    if solution_str == "exit":
-        os._exit(3)
-    return {"ok": 1.0, "nan": math.nan, "inf": -math.inf, "str": "1.0", "none": None, "tensor": [1.0],
-            "dict": {"score": 0.5, "f1": 0.25, "note": "text"}, "nodict": {"f1": 1.0}}[solution_str]
+MISBEHAVING = "reward_fixtures:misbehaving_reward"
 
 
 @pytest.fixture(scope="module")
 def misbehaving_scorer():
-    with RewardScorer(["custom"], "test_rewards:misbehaving_reward", timeout_s=0.5, num_workers=2,
-                      chunk_size=4) as scorer:
+    with RewardScorer(["custom"], MISBEHAVING, timeout_s=0.5, num_workers=2, chunk_size=4) as scorer:
         yield scorer
 
 
@@ -232,6 +216,23 @@ def test_isolation_turns_failures_into_zero_and_counts_them(misbehaving_scorer):
     assert batch.errors == 8  # raise, nan, str, exit, inf, none, tensor, nodict
     assert batch.metrics() == {"reward/errors": 8.0, "reward/timeouts": 1.0}
     assert any("RuntimeError: reward bug" in message for message in batch.messages)
+
+
+def test_failures_name_the_function_and_cause_and_are_logged_once(caplog):
+    kinds = ["raise", "hang", "exit", "nan", "str", "ok"]
+    with RewardScorer(["custom"], MISBEHAVING, timeout_s=0.5, num_workers=1) as scorer, \
+            caplog.at_level(logging.WARNING, logger="superrl.rewards.scorer"):
+        batches = [scorer.score(kinds, ["x"] * len(kinds), ["custom"] * len(kinds)) for _ in range(2)]
+    expected = [f"{MISBEHAVING} raised RuntimeError: reward bug",
+                f"{MISBEHAVING} did not return within reward.timeout_s=0.5s",
+                f"{MISBEHAVING} killed its worker process (exit code 3)",
+                f"{MISBEHAVING} returned non-finite score nan",
+                f"{MISBEHAVING} returned str '1.0', expected a number"]
+    assert [batch.messages for batch in batches] == [expected, expected]
+    assert [(batch.errors, batch.timeouts) for batch in batches] == [(4, 1), (4, 1)]
+    # the second batch repeats the same failures: each cause is logged once per run, not per batch
+    assert [record.getMessage() for record in caplog.records] == [
+        f"superrl: reward scored 0 (counted in reward/errors or reward/timeouts): {message}" for message in expected]
 
 
 def test_pool_recovers_after_hangs_and_crashes(misbehaving_scorer):

@@ -2,48 +2,22 @@
 the single-process run, and a run killed with SIGKILL resumes to the same metrics."""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-import make_arith_dataset
-from dist_harness import REPO_ROOT, _env, torchrun_module
+from dist_harness import torchrun_module
+from trainer_runs import STEPS, kill_run, make_arith_files, start_training, train as _train, wait_until, write_config
 from superrl.trainer.metrics import read_metrics
 from superrl.weights.megatron_checkpoint import METADATA_FILE
 
-STEPS = 3
 COMPARED = ("loss/", "reward/", "switch/", "actor/")
 
 
 @pytest.fixture(scope="module")
 def arith_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("arith")
-    make_arith_dataset.main(["--level", "1", "--n", "64", "--seed", "0", "--out", str(d / "train.jsonl")])
-    make_arith_dataset.main(["--level", "1", "--n", "8", "--seed", "1", "--out", str(d / "eval.jsonl"),
-                             "--exclude", str(d / "train.jsonl")])
+    make_arith_files(d)
     return d
-
-
-def write_config(path, hf_dir, data_dir, run_dir, steps=STEPS, save_every=0, eval_every=0) -> str:
-    path.write_text(f"""
-model: {{hf_dir: {hf_dir}}}
-data: {{train_files: [{data_dir}/train.jsonl], eval_files: [{data_dir}/eval.jsonl], max_prompt_len: 64,
-        prompt_template: plain}}
-rollout: {{n: 4, max_tokens: 12, temperature: 1.0}}
-reward: {{function: "reward_fixtures:has_digit"}}
-algorithm: {{switch: {{mode: per_prompt}}, hybrid: {{weighting: hard_gate}}}}
-optim: {{lr: 1.0e-3, micro_batch_size: 4}}
-trainer: {{total_steps: {steps}, prompts_per_step: 4, run_dir: {run_dir}, save_every: {save_every},
-          eval_every: {eval_every}, seed: 3}}
-""")
-    return str(path)
-
-
-def _train(config: str, nproc: int = 1, *overrides) -> None:
-    torchrun_module("superrl.train", nproc, ["--config", config, *overrides])
 
 
 def _compared(row: dict) -> dict:
@@ -83,16 +57,10 @@ def test_parallel_layout_reproduces_tp1(tmp_path, tiny_llama, arith_files, refer
 def test_kill_9_after_checkpoint_then_resume_is_bitwise(tmp_path, tiny_llama, arith_files, reference_run):
     config = write_config(tmp_path / "c.yaml", tiny_llama, arith_files, tmp_path / "run", steps=4,
                           save_every=2, eval_every=2)
-    cmd = [sys.executable, "-m", "superrl.train", "--config", config]
-    proc = subprocess.Popen(cmd, env=_env(str(tmp_path)), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_training(tmp_path, config)
     checkpoint = tmp_path / "run" / "checkpoints" / "step_2" / METADATA_FILE
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists(), "the run never wrote its step-2 checkpoint"
+    wait_until(checkpoint.exists, proc, what="the step-2 checkpoint")
+    kill_run(proc)
     _train(config, 1, "trainer.resume=true")
     resumed = read_metrics(str(tmp_path / "run"))
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
@@ -101,7 +69,8 @@ def test_kill_9_after_checkpoint_then_resume_is_bitwise(tmp_path, tiny_llama, ar
 
 
 def _bitwise(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith(("timing/", "perf/", "sync/gbps", "sync/seconds"))}
+    return {k: v for k, v in row.items()
+            if not k.startswith(("timing/", "perf/", "memory/", "sync/gbps", "sync/seconds"))}
 
 
 def test_eval_cli_reproduces_in_run_eval(reference_run):

@@ -7,7 +7,8 @@ with ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``; ``"plai
 Prompt length policy (``overlong``), for prompts longer than ``max_prompt_len`` tokens:
 ``"drop"`` (default) leaves the row out, ``"truncate"`` keeps the *last* ``max_prompt_len`` tokens
 (adapters put the question and instruction last, so long HotpotQA contexts lose their start), and
-``"error"`` raises naming the row. Dropped and truncated rows are counted.
+``"error"`` raises naming the row. Dropped and truncated rows are counted (the trainer drops, and
+logs ``data/prompts_dropped``); a data set in which every prompt is too long raises ``DataError``.
 
 Expert responses become the SFT target: their tokens followed by eos (none when the row has no
 expert response), optionally cut to ``max_expert_len`` tokens (counted; the cut drops the eos).
@@ -78,9 +79,9 @@ def build_examples(rows: Sequence[dict], tokenizer, *, max_prompt_len: int, over
         raise ValueError("the tokenizer has no eos token, which ends every expert response")
     formatter = PromptFormatter(tokenizer, template, plain_template)
     texts = [formatter.format(row["prompt"]) for row in rows]
+    encoded = formatter.encode(texts)
     examples, counts = [], Counter()
-    for row_id, (row, text, ids, expert) in enumerate(zip(rows, texts, formatter.encode(texts),
-                                                          _expert_ids(rows, tokenizer))):
+    for row_id, (row, text, ids, expert) in enumerate(zip(rows, texts, encoded, _expert_ids(rows, tokenizer))):
         ids = _fit_prompt(ids, max_prompt_len, overlong, row["origin"], counts)
         if ids is None:
             continue
@@ -88,6 +89,9 @@ def build_examples(rows: Sequence[dict], tokenizer, *, max_prompt_len: int, over
             expert = expert[:max_expert_len]
             counts["experts_truncated"] += 1
         examples.append(Example(row_id, row["data_source"], row["ground_truth"], text, ids, expert, row["origin"]))
+    if not examples:  # said here: the data loader would only see "0 examples"
+        raise DataError(f"all {len(rows)} prompts are longer than data.max_prompt_len={max_prompt_len} tokens "
+                        f"(the shortest has {min(map(len, encoded))}); raise data.max_prompt_len")
     return ExampleSet(examples, counts["prompts_dropped"], counts["prompts_truncated"], counts["experts_truncated"])
 
 

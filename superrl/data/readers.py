@@ -3,8 +3,9 @@
 JSON lines are parsed here line by line rather than through Arrow's JSON reader, because a bad line
 must be reported with its 1-based line number and must not stop the other lines from loading (with
 ``skip_bad_rows``); Arrow also fails a whole file when one row's type differs. Parquet files are
-typed and are read with HF ``datasets``. Per-record problems are yielded as ``DataError`` values,
-not raised, so the caller decides whether to stop or skip.
+typed and are read with HF ``datasets``. Per-record problems (bad UTF-8, invalid JSON, a line that
+is not an object) are yielded as ``DataError`` values, not raised, so the caller decides whether to
+stop or skip; a file that cannot be read at all raises ``DataError`` naming it.
 """
 import json
 from collections.abc import Iterator
@@ -25,17 +26,22 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict | DataError]]:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+    # Bytes, decoded per line: one corrupt line must not hide the lines after it (or its number).
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
                 continue  # blank lines (a trailing newline, spacing) are not rows
             origin = f"{path} line {number}"
-            yield origin, _parse_json_object(line, origin)
+            yield origin, _parse_json_object(raw, origin)
 
 
-def _parse_json_object(line: str, origin: str) -> dict | DataError:
+def _parse_json_object(raw: bytes, origin: str) -> dict | DataError:
     try:
-        record = json.loads(line)
+        line = raw.decode("utf-8-sig")  # -sig: tolerate the byte-order mark some editors write
+    except UnicodeDecodeError as error:
+        return DataError(f"{origin}: not valid UTF-8 (byte {error.start + 1}: {error.reason})")
+    try:
+        record = json.loads(line.rstrip())  # without the newline, an error at the end reports this line's column
     except json.JSONDecodeError as error:
         return DataError(f"{origin}: invalid JSON ({error.msg} at column {error.colno})")
     if not isinstance(record, dict):
@@ -45,7 +51,11 @@ def _parse_json_object(line: str, origin: str) -> dict | DataError:
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
     import datasets  # deferred: heavy, and only parquet needs it
+    import pyarrow
 
-    table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    try:
+        table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError) as error:
+        raise DataError(f"{path}: not a readable parquet file ({error})") from error
     for number, record in enumerate(table, 1):
         yield f"{path} row {number}", record

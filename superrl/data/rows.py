@@ -6,6 +6,7 @@ Generic columns: ``prompt`` (a string or a list of chat messages ``{"role", "con
 ``data_source``. verl-style rows that keep the answer in ``reward_model.ground_truth`` are accepted.
 Every row also records ``origin`` (file and line/row) so later errors can point back at it.
 """
+import math
 from numbers import Real
 
 GENERIC_COLUMNS = ("prompt", "ground_truth", "expert_response", "data_source")
@@ -20,11 +21,19 @@ def make_row(prompt, ground_truth, expert_response: str, data_source: str, origi
             "data_source": data_source, "origin": origin}
 
 
+def required_value(record: dict, column: str, origin: str):
+    """A required column's value. A null is told apart from a missing key: parquet and HF tables
+    store a row's absent value as null, so "missing" would send the user looking for the column."""
+    if column not in record:
+        raise DataError(f"{origin}: missing column {column!r}")
+    if record[column] is None:
+        raise DataError(f"{origin}: column {column!r} is null")
+    return record[column]
+
+
 def required_text(record: dict, column: str, origin: str) -> str:
     """A required non-empty string column."""
-    if record.get(column) is None:
-        raise DataError(f"{origin}: missing column {column!r}")
-    value = record[column]
+    value = required_value(record, column, origin)
     if not isinstance(value, str):
         raise DataError(f"{origin}: column {column!r} must be a string, got {type(value).__name__}")
     if not value.strip():
@@ -60,12 +69,13 @@ def _messages(messages: list, origin: str) -> list[dict]:
 
 
 def _ground_truth(record: dict, origin: str) -> str | list[str]:
-    truth = record.get("ground_truth")
-    if truth is None and isinstance(record.get("reward_model"), dict):
-        truth = record["reward_model"].get("ground_truth")
-    if truth is None:
-        raise DataError(f"{origin}: missing column 'ground_truth'")
+    if record.get("ground_truth") is None and isinstance(record.get("reward_model"), dict):  # verl layout
+        truth = required_value(record["reward_model"], "ground_truth", f"{origin}: column 'reward_model'")
+    else:
+        truth = required_value(record, "ground_truth", origin)
     if isinstance(truth, Real) and not isinstance(truth, bool):
+        if not math.isfinite(truth):  # JSON's NaN / Infinity, or a pandas missing value in parquet
+            raise DataError(f"{origin}: column 'ground_truth' is {truth!r}, not a finite number")
         return str(truth)
     if isinstance(truth, list) and truth and all(isinstance(item, str) and item.strip() for item in truth):
         return truth

@@ -39,7 +39,7 @@ class _Worker:
                                        name="superrl-reward-worker")
         self.process.start()
         child_conn.close()
-        self.inflight: deque[int] = deque()
+        self.inflight: deque[tuple[int, str]] = deque()  # (slot, spec) of each call sent, in order
         self.deadline = float("inf")
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -115,7 +115,7 @@ class RewardWorkerPool:
             except OSError:  # died while idle: replace it and give the chunk to the new worker
                 worker = self._replace(index)
                 worker.conn.send([(slot, *calls[slot]) for slot in slots])
-            worker.inflight.extend(slots)
+            worker.inflight.extend((slot, calls[slot][0]) for slot in slots)
             worker.deadline = time.monotonic() + self._timeout_s
 
     def _collect(self, results: list, pending: deque) -> None:
@@ -131,8 +131,8 @@ class RewardWorkerPool:
                 slot, status, payload = worker.conn.recv()
             except (EOFError, OSError):  # the worker died mid-call
                 worker.process.join(timeout=5)  # reap it, so the exit code is known
-                message = f"reward worker died (exit code {worker.process.exitcode})"
-                self._fail_current(worker, results, pending, CallResult(CRASH, message=message))
+                self._fail_current(worker, results, pending, CRASH,
+                                   f"killed its worker process (exit code {worker.process.exitcode})")
                 return
             worker.inflight.popleft()
             results[slot] = (CallResult(OK, payload[0], payload[1]) if status == OK
@@ -144,13 +144,14 @@ class RewardWorkerPool:
         for worker in self._workers:
             # A result that landed after the wait is not a time-out; the next _collect reads it.
             if worker.inflight and now >= worker.deadline and not worker.conn.poll():
-                self._fail_current(worker, results, pending,
-                                   CallResult(TIMEOUT, message=f"reward call exceeded {self._timeout_s}s"))
+                self._fail_current(worker, results, pending, TIMEOUT,
+                                   f"did not return within reward.timeout_s={self._timeout_s}s")
 
-    def _fail_current(self, worker: _Worker, results: list, pending: deque, result: CallResult) -> None:
-        """Record ``result`` for the worker's running call, re-queue its other calls, restart it."""
-        results[worker.inflight.popleft()] = result
-        pending.extendleft(reversed(worker.inflight))
+    def _fail_current(self, worker: _Worker, results: list, pending: deque, status: str, reason: str) -> None:
+        """Record a failed ``status`` for the worker's running call, re-queue its other calls, restart it."""
+        slot, spec = worker.inflight.popleft()
+        results[slot] = CallResult(status, message=f"{spec} {reason}")
+        pending.extendleft(queued for queued, _ in reversed(worker.inflight))
         worker.inflight.clear()
         self._replace(self._workers.index(worker))
 

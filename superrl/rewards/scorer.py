@@ -2,8 +2,12 @@
 
 A reward function that raises, crashes its worker, hangs past ``timeout_s`` or returns something
 that is not a finite number gives reward 0 for that row and is counted, so the trainer logs
-``reward/errors`` and ``reward/timeouts`` instead of crashing or stalling.
+``reward/errors`` and ``reward/timeouts`` instead of crashing or stalling. Each distinct failure
+message (it names the function and the cause) is also logged as a warning the first time it
+occurs, up to ``MAX_LOGGED_FAILURES`` per scorer, so a broken reward function is visible without
+flooding the log of a long run.
 """
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -11,6 +15,8 @@ from superrl.rewards.pool import OK, TIMEOUT, CallResult, RewardWorkerPool
 from superrl.rewards.registry import resolve_reward_specs
 
 MAX_MESSAGES = 5  # distinct failure messages kept per batch for the log
+MAX_LOGGED_FAILURES = 20  # distinct failure messages logged per scorer; later ones are only counted
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class RewardScorer:
         self._specs = resolve_reward_specs(data_sources, function)
         self._pool = RewardWorkerPool(self._specs.values(), num_workers=num_workers, timeout_s=timeout_s,
                                       chunk_size=chunk_size, start_method=start_method)
+        self._logged: set[str] = set()
 
     def score(self, solutions: Sequence[str], ground_truths: Sequence, data_sources: Sequence[str]) -> RewardBatch:
         if not len(solutions) == len(ground_truths) == len(data_sources):
@@ -55,7 +62,17 @@ class RewardScorer:
             self._specs.update(resolve_reward_specs([source], self._override))
         calls = [(self._specs[source], solution, truth)
                  for solution, truth, source in zip(solutions, ground_truths, data_sources)]
-        return RewardBatch.from_results(self._pool.run(calls))
+        batch = RewardBatch.from_results(self._pool.run(calls))
+        self._log_new_failures(batch.messages)
+        return batch
+
+    def _log_new_failures(self, messages: list[str]) -> None:
+        for message in messages:
+            if len(self._logged) >= MAX_LOGGED_FAILURES:
+                return
+            if message not in self._logged:
+                self._logged.add(message)
+                _log.warning("superrl: reward scored 0 (counted in reward/errors or reward/timeouts): %s", message)
 
     def close(self) -> None:
         self._pool.close()

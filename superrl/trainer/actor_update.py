@@ -70,9 +70,11 @@ class LogSigmaTrainer:
         self.weights = LogSigmaWeights.from_config(hybrid_cfg)
         self.optimizer = torch.optim.Adam(self.weights.parameters(), lr=lr)
 
-    def step(self) -> None:
+    def step(self, apply: bool) -> None:
+        """`apply=False`: the policy step was skipped (non-finite), so these weights stay too."""
         self.weights.all_reduce_grads(mpu.get_data_parallel_group())
-        self.optimizer.step()
+        if apply:
+            self.optimizer.step()
         self.optimizer.zero_grad()
 
     def state_dict(self) -> dict:
@@ -89,5 +91,5 @@ def actor_step(state, cfg, scales, advantages: torch.Tensor, micro_batches: list
     weights = log_sigma.weights if log_sigma is not None else None
     metrics = train_step(state, micro_batches, _hybrid_loss_fn(cfg, scales, advantages, weights))
     if log_sigma is not None and mpu.is_pipeline_last_stage():
-        log_sigma.step()
+        log_sigma.step(apply=bool(metrics["step_applied"]))
     return metrics

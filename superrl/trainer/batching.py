@@ -6,6 +6,10 @@ schedules need every micro-batch of a step to share one [micro_batch_size, S] sh
 rows are padded to the step's longest row; without PP each micro-batch is only as wide as its own
 longest row. The last micro-batch is filled with padding rows that carry no targets. Row kinds and
 row indices travel in `MicroBatch.extras`.
+
+A response with no tokens (an engine may return one; the embedded engine always returns at least
+the EOS it stopped on) is a row without targets: it adds nothing to the loss or its token counts,
+and rows are at least one position wide, so a micro-batch never has zero width.
 """
 from dataclasses import dataclass
 
@@ -50,8 +54,7 @@ def expert_rows(examples: list, sft_prompts: list) -> tuple:
 
 def target_mask(rows: list) -> torch.Tensor:
     """[len(rows), S] float mask of the target tokens of each row (S = longest row)."""
-    width = max((len(r.prompt_ids) + len(r.response_ids) - 1 for r in rows), default=1)
-    mask = torch.zeros(len(rows), width)
+    mask = torch.zeros(len(rows), max(map(_row_width, rows), default=1))
     for i, row in enumerate(rows):
         start = len(row.prompt_ids) - 1
         mask[i, start:start + len(row.response_ids)] = 1.0
@@ -59,7 +62,7 @@ def target_mask(rows: list) -> torch.Tensor:
 
 
 def _row_width(row: Row) -> int:
-    return len(row.prompt_ids) + len(row.response_ids) - 1
+    return max(len(row.prompt_ids) + len(row.response_ids) - 1, 1)
 
 
 def pack_micro_batches(rows: list, micro_batch_size: int, pad_id: int, uniform_width: bool) -> list:

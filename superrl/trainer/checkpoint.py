@@ -10,7 +10,11 @@ they read a converted model; its distributed checkpoint also holds the optimizer
     step_N/superrl_checkpoint.json written last: its presence means the checkpoint is complete
 
 Everything is written under `.tmp_step_N` and renamed by rank 0 after a barrier, so a crash mid-
-write never leaves a directory that looks complete. Loading uses `weights_only=True`: no pickle.
+write never leaves a directory that looks complete; a failed write (disk full) removes its partial
+directory and names the last complete checkpoint. Before loading, a checkpoint is validated (same
+model, a training checkpoint, same world size, every file's size and CRC-32 as written); resuming
+"latest" skips invalid checkpoints, newest first, and says why. No file is loaded in a way that
+could run code (superrl/weights/safe_unpickle.py).
 """
 import os
 import random
@@ -20,14 +24,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
+from torch.distributed.checkpoint.api import CheckpointException
 
 from superrl.weights.hf_checkpoint import CheckpointError
+from superrl.weights.safe_unpickle import load_plain_data
 from superrl.weights.megatron_checkpoint import (DIST_CKPT_DIR, HF_FILES_DIR, METADATA_FILE, check_same_model,
                                                  copy_hf_files, model_tensors, read_checkpoint_metadata,
-                                                 save_sharded_state)
+                                                 save_sharded_state, verify_checkpoint_files)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}  # others fail on CPU/gloo
 STEP_PREFIX = "step_"
+TMP_PREFIX = ".tmp_" + STEP_PREFIX
 
 
 def checkpoint_root(run_dir: str) -> str:
@@ -89,16 +96,25 @@ def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, metadat
     """Collective. `metadata`: checkpoint_metadata(...) of the model plus run facts to check on resume."""
     root = checkpoint_root(run_dir)
     final = os.path.join(root, f"{STEP_PREFIX}{step}")
-    tmp = os.path.join(root, f".tmp_{STEP_PREFIX}{step}")
+    tmp = os.path.join(root, f"{TMP_PREFIX}{step}")
     rank = dist.get_rank()
-    if rank == 0:
+    try:
+        if rank == 0:
+            _remove_partial_checkpoints(root)
+            os.makedirs(os.path.join(tmp, "trainer"))
+            copy_hf_files(hf_dir, os.path.join(tmp, HF_FILES_DIR))
+        dist.barrier()
+        torch.save({**trainer_state, "rng": rng_state()}, os.path.join(tmp, "trainer", f"rank_{rank:05d}.pt"))
+        save_sharded_state(_sharded_state(state, is_loading=False), tmp,
+                           {**metadata, "step": step, "world_size": dist.get_world_size()})
+    except (OSError, RuntimeError, CheckpointException) as e:  # the last two wrap writers' OSErrors
+        usage = shutil.disk_usage(root)  # before removing the partial write: a full disk shows as full
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "trainer"))
-        copy_hf_files(hf_dir, os.path.join(tmp, HF_FILES_DIR))
-    dist.barrier()
-    torch.save({**trainer_state, "rng": rng_state()}, os.path.join(tmp, "trainer", f"rank_{rank:05d}.pt"))
-    save_sharded_state(_sharded_state(state, is_loading=False), tmp,
-                       {**metadata, "step": step, "world_size": dist.get_world_size()})
+        previous = complete_checkpoints(run_dir)
+        raise CheckpointError(f"writing checkpoint {final!r} failed with {usage.free / 2**20:.1f} MiB of "
+                              f"{usage.total / 2**20:.1f} MiB free on its filesystem ({type(e).__name__}: {e}); "
+                              f"removed the partial {tmp!r}; last complete checkpoint: "
+                              f"{previous[-1] if previous else 'none'}") from e
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -108,23 +124,53 @@ def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, metadat
     return final
 
 
-def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True) -> tuple:
-    """Load model/optimizer/scheduler (resharded to this run's TP x PP); return (meta, trainer_state)."""
+def _remove_partial_checkpoints(root: str) -> None:
+    """Left by a crash or kill during a save; never complete, never loaded, only taking space."""
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.startswith(TMP_PREFIX):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def validate_checkpoint(path: str, arch, padded_vocab: int, check_world_size: bool = True) -> dict:
+    """Collective. The checkpoint's metadata, or CheckpointError naming the file and the mismatch.
+    The world size matters only when restoring per-rank trainer state (not for evaluation)."""
     meta = read_checkpoint_metadata(path)
-    check_same_model(meta, arch, state.padded_vocab, path)
+    check_same_model(meta, arch, padded_vocab, path)
     if "step" not in meta:
         raise CheckpointError(f"{path} is a model checkpoint, not a training checkpoint (no step, no "
                               "optimizer): start from it with model.megatron_dir instead")
+    if check_world_size and meta["world_size"] != dist.get_world_size():
+        raise CheckpointError(f"{path}: saved with world size {meta['world_size']}, this run has "
+                              f"{dist.get_world_size()}; per-rank RNG and data state cannot be restored")
+    verify_checkpoint_files(path, meta)
+    return meta
+
+
+def latest_valid_checkpoint(run_dir: str, arch, padded_vocab: int):
+    """Collective. The newest checkpoint that validates, with the reasons newer ones were skipped;
+    (None, []) when the run has none; CheckpointError when it has some and none validates."""
+    skipped = []
+    for path in reversed(complete_checkpoints(run_dir)):
+        try:
+            validate_checkpoint(path, arch, padded_vocab)
+            return path, skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    if skipped:
+        raise CheckpointError("no loadable checkpoint to resume from: " + " | ".join(skipped))
+    return None, skipped
+
+
+def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True) -> tuple:
+    """Load model/optimizer/scheduler (resharded to this run's TP x PP); return (meta, trainer_state).
+    Without the trainer state (evaluation), any world size may load it."""
+    meta = validate_checkpoint(path, arch, state.padded_vocab, check_world_size=load_trainer_state)
     loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), os.path.join(path, DIST_CKPT_DIR))
     state.model.module.load_state_dict(model_tensors(loaded))
     state.optimizer.load_state_dict(loaded["optimizer"])
     state.scheduler.load_state_dict(loaded["scheduler"])
     if not load_trainer_state:
         return meta, None
-    if meta["world_size"] != dist.get_world_size():
-        raise CheckpointError(f"{path}: saved with world size {meta['world_size']}, this run has "
-                              f"{dist.get_world_size()}; per-rank RNG and data state cannot be restored")
-    trainer_state = torch.load(os.path.join(path, "trainer", f"rank_{dist.get_rank():05d}.pt"),
-                               weights_only=True)
+    trainer_state = load_plain_data(os.path.join(path, "trainer", f"rank_{dist.get_rank():05d}.pt"))
     set_rng_state(trainer_state.pop("rng"))
     return meta, trainer_state

@@ -19,16 +19,22 @@ from superrl.trainer.engine_setup import build_engine
 from superrl.trainer.evaluate import evaluate
 from superrl.trainer.experience import (generate_and_score, owns_engine, sampling_params,
                                         share_with_model_parallel_group)
-from superrl.trainer.metrics import MetricsLogger
+from superrl.trainer.metrics import MetricsLogger, resident_memory_mb
 from superrl.trainer.model_setup import build_reference_model, build_train_state
 from superrl.sync import WeightSync
 from superrl.weights.megatron_checkpoint import checkpoint_metadata
 
 
-def load_examples(config: Config, files: list, tokenizer):
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive steps with NaN/Inf loss or gradients."""
+
+
+def load_examples(config: Config, files: list, tokenizer, arch: ModelArch):
     loaded = load_rows(files, skip_bad_rows=config.data.skip_bad_rows)
+    # an expert row (prompt + expert response) must fit the positions the model has
+    max_expert_len = arch.max_position_embeddings - config.data.max_prompt_len
     examples = build_examples(loaded.rows, tokenizer, max_prompt_len=config.data.max_prompt_len,
-                              template=config.data.prompt_template)
+                              template=config.data.prompt_template, max_expert_len=max_expert_len)
     return loaded, examples
 
 
@@ -37,15 +43,19 @@ class Trainer:
         if config.algorithm.kl_in_reward and config.algorithm.kl_coef > 0:
             raise ConfigError("algorithm.kl_in_reward=true is not supported by the trainer; use the KL "
                               "loss term (algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
+        if config.trainer.max_consecutive_bad_steps < 1:
+            raise ConfigError(f"trainer.max_consecutive_bad_steps={config.trainer.max_consecutive_bad_steps} "
+                              "must be >= 1")
         if config.trainer.prompts_per_step % ctx.dp_size:
             raise ConfigError(f"trainer.prompts_per_step={config.trainer.prompts_per_step} is not divisible "
                               f"by the data-parallel size {ctx.dp_size}")
         self.config, self.arch, self.ctx = config, arch, ctx
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
-        loaded, self.example_set = load_examples(config, config.data.train_files, self.tokenizer)
+        loaded, self.example_set = load_examples(config, config.data.train_files, self.tokenizer, arch)
         self.data_stats = {"data/skipped_rows": float(len(loaded.skipped)),
                            "data/prompts_dropped": float(self.example_set.prompts_dropped),
-                           "data/prompts_truncated": float(self.example_set.prompts_truncated)}
+                           "data/prompts_truncated": float(self.example_set.prompts_truncated),
+                           "data/experts_truncated": float(self.example_set.experts_truncated)}
         self.loader = PromptDataLoader(self.example_set.examples, config.trainer.prompts_per_step,
                                        seed=config.trainer.seed)
         self.state = build_train_state(config, arch)
@@ -57,9 +67,11 @@ class Trainer:
         self.scorer = (RewardScorer(self.example_set.data_sources, config.reward.function,
                                     timeout_s=config.reward.timeout_s) if owns_engine() else None)
         self.sync = WeightSync(self.state.model, arch, self.engine, config.rollout.sync_bucket_mb)
-        self.eval_examples = (load_examples(config, config.data.eval_files, self.tokenizer)[1].examples
+        self.eval_examples = (load_examples(config, config.data.eval_files, self.tokenizer, arch)[1].examples
                               if config.data.eval_files else [])
         self.step = 0
+        self.skipped_steps = 0  # non-finite steps over the whole run (checkpointed)
+        self.consecutive_bad_steps = 0
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _local_prompts(self, examples: list) -> list:
@@ -145,6 +157,7 @@ class Trainer:
             "response/mean_length": response_tokens / n, "response/truncated_fraction": truncated / n,
             "perf/tokens_per_s": (response_tokens + prompt_tokens) / timings["timing/step_s"],
             "train/step_skipped": 1.0 - metrics.get("step_applied", 1.0),
+            "memory/rss_mb": resident_memory_mb(),
             "train/lr": self.state.optimizer.param_groups[0]["lr"],
         })
         out.setdefault("loss/pg", 0.0)
@@ -167,7 +180,8 @@ class Trainer:
 
     def trainer_state(self) -> dict:
         return {"step": self.step, "loader": self.loader.state_dict(), "switch": self.switch.state_dict(),
-                "log_sigma": self.log_sigma.state_dict() if self.log_sigma else None}
+                "log_sigma": self.log_sigma.state_dict() if self.log_sigma else None,
+                "skipped_steps": self.skipped_steps}
 
     def save(self) -> str:
         return checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
@@ -179,6 +193,7 @@ class Trainer:
         self.step = saved["step"]
         self.loader.load_state_dict(saved["loader"])
         self.switch.load_state_dict(saved["switch"])
+        self.skipped_steps = saved["skipped_steps"]
         if self.log_sigma is not None:
             self.log_sigma.load_state_dict(saved["log_sigma"])
 
@@ -187,8 +202,11 @@ class Trainer:
         if t.resume_from:
             return t.resume_from
         if t.resume:
-            found = checkpoint.complete_checkpoints(t.run_dir)
-            return found[-1] if found else None
+            path, skipped = checkpoint.latest_valid_checkpoint(t.run_dir, self.arch, self.state.padded_vocab)
+            if self.ctx.rank == 0:
+                for reason in skipped:
+                    print(f"superrl: not resuming from an invalid checkpoint: {reason}", flush=True)
+            return path
         return None
 
     def run(self) -> list:
@@ -202,14 +220,33 @@ class Trainer:
             logger.log_event("probe", self.run_probe())
         while self.step < t.total_steps:
             metrics = self.train_step()
+            self._count_bad_step(metrics)
             if t.eval_every and self.step % t.eval_every == 0:
                 metrics.update(self.evaluate())
             logger.log(self.step, metrics)
             history.append(metrics)
+            self._stop_if_diverged()
             if (t.save_every and self.step % t.save_every == 0) or self.step == t.total_steps:
                 self.save()
         logger.close()
         return history
+
+    def _count_bad_step(self, metrics: dict) -> None:
+        bad = metrics["train/step_skipped"] > 0
+        self.skipped_steps += bad
+        self.consecutive_bad_steps = self.consecutive_bad_steps + 1 if bad else 0
+        metrics["train/skipped_steps_total"] = float(self.skipped_steps)
+
+    def _stop_if_diverged(self) -> None:
+        n = self.consecutive_bad_steps
+        if n < self.config.trainer.max_consecutive_bad_steps:
+            return
+        path = self.save()  # skipped steps left the weights as the last good step made them
+        raise TrainingDivergedError(
+            f"steps {self.step - n + 1}-{self.step}: {n} consecutive steps had NaN/Inf loss or gradients "
+            f"and were skipped (trainer.max_consecutive_bad_steps={n}); stopping. The last good weights "
+            f"(step {self.step - n}) are saved in {path}. Lower optim.lr or check data and rewards, then "
+            "resume with trainer.resume=true")
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -219,7 +256,7 @@ class Trainer:
 def evaluate_checkpoint(config: Config, arch: ModelArch, ctx: ParallelContext, path: str) -> dict:
     """Model weights of a training checkpoint -> engine -> held-out accuracy (on global rank 0)."""
     tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
-    examples = load_examples(config, config.data.eval_files, tokenizer)[1].examples
+    examples = load_examples(config, config.data.eval_files, tokenizer, arch)[1].examples
     state = build_train_state(config, arch, load_weights=False)
     checkpoint.load_checkpoint(path, state, arch, load_trainer_state=False)
     engine = build_engine(config) if owns_engine() else None

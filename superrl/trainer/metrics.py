@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import psutil
 from tqdm import tqdm
 
 
@@ -44,6 +45,11 @@ class MetricsLogger:
             self.jsonl.close()
             self.tb.close()
             self.bar.close()
+
+
+def resident_memory_mb() -> float:
+    """This process's resident set size, for watching leaks over long runs."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _plain(value):

@@ -3,7 +3,12 @@
 The loss function sees the last stage's per-token (logprobs, entropy) and the micro-batch, and
 returns a loss that is already divided by global (DP-wide, all-micro-batch) counts, so summing
 gradients over micro-batches and DP ranks gives exactly the full-batch gradient.
+
+A step whose loss or gradients hold NaN/Inf anywhere in the job is skipped on every rank: the
+weights, optimizer moments and LR schedule stay as they were (fp32 megatron has no grad scaler to
+catch it, and clipping a NaN norm would write NaN into every weight).
 """
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -74,13 +79,20 @@ def _sum_metrics_to_all_ranks(results: list) -> dict:
     return dict(zip(keys, values.tolist()))
 
 
+def grads_and_loss_finite(model, loss: float) -> bool:
+    """Collective over the world: True only when every rank's loss and gradients are finite."""
+    finite = math.isfinite(loss) and all(bool(torch.isfinite(buffer.grad_data).all())
+                                         for buffer in model.buffers + model.expert_parallel_buffers)
+    flag = torch.tensor(int(finite))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag)
+
+
 def optimizer_step(state) -> tuple:
     """Apply the accumulated gradients; returns (applied, grad_norm)."""
     applied, grad_norm, _ = state.optimizer.step()
     if applied:
         state.scheduler.step(increment=1)
-    state.model.zero_grad_buffer()
-    state.optimizer.zero_grad()
     return applied, grad_norm
 
 
@@ -88,7 +100,11 @@ def train_step(state, micro_batches: list, loss_fn: LossFn) -> dict:
     state.model.zero_grad_buffer()
     state.optimizer.zero_grad()
     metrics = forward_backward(state.model, micro_batches, loss_fn)
-    applied, grad_norm = optimizer_step(state)
+    applied, grad_norm = False, None
+    if grads_and_loss_finite(state.model, metrics["loss"]):
+        applied, grad_norm = optimizer_step(state)
+    state.model.zero_grad_buffer()
+    state.optimizer.zero_grad()
     metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
     metrics["step_applied"] = float(applied)
     return metrics

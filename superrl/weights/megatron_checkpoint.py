@@ -9,7 +9,8 @@ A checkpoint directory holds:
 
 Global tensor shapes in `dist_ckpt/` do not depend on TP or PP (the padded vocab is TP-independent),
 so any TP x PP layout loads the checkpoint: dist_checkpointing reads each rank's slices (resharding).
-The metadata file is written last, so a checkpoint without it is incomplete.
+The metadata file is written last, so a checkpoint without it is incomplete. It also lists every
+other file's size and CRC-32 (superrl/weights/checkpoint_manifest.py), checked before any load.
 """
 import dataclasses
 import json
@@ -23,6 +24,8 @@ from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.validation import StrictHandling
 
 from superrl.models.architecture import ModelArch, arch_from_hf_config
+from superrl.weights.checkpoint_manifest import build_manifest, verify_manifest
+from superrl.weights.safe_unpickle import check_pickled_files
 from superrl.weights.hf_checkpoint import CheckpointError
 from superrl.weights.load import unwrap_model
 
@@ -54,11 +57,25 @@ def read_checkpoint_metadata(directory: str) -> dict:
     path = os.path.join(directory, METADATA_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{directory!r} is not a complete SuperRL megatron checkpoint (no {METADATA_FILE})")
-    with open(path) as f:
-        metadata = json.load(f)
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {metadata.get('format')!r} is not {FORMAT!r}")
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): the checkpoint is corrupted") from e
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise CheckpointError(f"{path}: format {found!r} is not {FORMAT!r}")
     return metadata
+
+
+def verify_checkpoint_files(directory: str, metadata: dict) -> None:
+    """Collective when distributed: every file the metadata lists is there, whole and unchanged, and
+    the distributed checkpoint's pickled metadata holds only torch's own types."""
+    if "files" not in metadata:
+        raise CheckpointError(f"{os.path.join(directory, METADATA_FILE)} has no file manifest: written by "
+                              "an older SuperRL; convert the model again")
+    verify_manifest(directory, metadata["files"])
+    check_pickled_files(os.path.join(directory, DIST_CKPT_DIR))
 
 
 def check_same_model(metadata: dict, arch: ModelArch, padded_vocab: int, directory: str) -> None:
@@ -97,9 +114,11 @@ def save_sharded_state(sharded_state_dict: dict, directory: str, metadata: dict)
     dist.barrier()
     _use_forked_writer_results_queue()
     dist_checkpointing.save(sharded_state_dict, dist_dir)  # synchronous: returns once written
+    dist.barrier()  # every rank's files are complete before any rank hashes them
+    manifest = build_manifest(directory, exclude=METADATA_FILE)
     if dist.get_rank() == 0:
         with open(os.path.join(directory, METADATA_FILE), "w") as f:
-            json.dump(metadata, f, indent=2)
+            json.dump({**metadata, "files": manifest}, f, indent=2)
     dist.barrier()
 
 
@@ -117,6 +136,7 @@ def load_model_checkpoint(model_chunk, directory: str, arch: ModelArch) -> dict:
     metadata = read_checkpoint_metadata(directory)
     model = unwrap_model(model_chunk)
     check_same_model(metadata, arch, model.vocab_size, directory)
+    verify_checkpoint_files(directory, metadata)
     # RAISE_UNEXPECTED: a training checkpoint (superrl/trainer/checkpoint.py) also holds optimizer
     # and scheduler state, which a model-only load leaves on disk.
     state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(directory, DIST_CKPT_DIR),
