@@ -13,7 +13,7 @@ import make_tiny_model
 from test_algorithms_dp import run_threads
 from trainer_runs import make_arith_files, start_training, train, write_config
 from superrl.algorithms import grpo_advantages, reinforce_pp_advantages, rloo_advantages
-from superrl.config import ConfigError, load_config, validate_parallelism
+from superrl.config import ConfigError, load_config, validate_context_length
 from superrl.models.architecture import load_arch
 from superrl.rollout import EmbeddedEngine, SamplingParams
 from superrl.trainer.batching import ROLLOUT, Row, pack_micro_batches, target_mask
@@ -143,10 +143,10 @@ def test_prompt_plus_response_past_the_context_is_refused_at_start_up(tmp_path, 
 def test_context_length_check(tiny_llama, overrides, fits):
     config, arch = load_config(None, [f"model.hf_dir={tiny_llama}", *overrides]), load_arch(tiny_llama)
     if fits:
-        validate_parallelism(config, arch, world_size=1)
+        validate_context_length(config, arch)
     else:
         with pytest.raises(ConfigError, match="data.max_prompt_len"):
-            validate_parallelism(config, arch, world_size=1)
+            validate_context_length(config, arch)
 
 
 # ---- empty generations and groups without reward signal -----------------------------------------
