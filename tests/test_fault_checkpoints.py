@@ -15,13 +15,12 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import make_tiny_model
-from trainer_runs import (kill_run, make_arith_files, start_process, start_training, train, wait_until,
-                             write_config)
+from trainer_runs import (deterministic_metrics, kill_run, make_arith_files, start_process, start_training,
+                          train, wait_until, write_config)
 from superrl.trainer.metrics import read_metrics
 from superrl.weights.megatron_checkpoint import DIST_CKPT_DIR, METADATA_FILE
 
 pytestmark = pytest.mark.timeout(900)
-TIMINGS = ("timing/", "perf/", "memory/", "sync/gbps", "sync/seconds")
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +37,6 @@ def saved_run(tmp_path_factory, tiny_llama, arith_files):
     config = write_config(d / "c.yaml", tiny_llama, arith_files, d / "run", steps=4, save_every=1)
     train(config, 1, "trainer.keep_last=4")
     return d / "run", read_metrics(str(d / "run"))
-
-
-def _deterministic(row: dict) -> str:
-    return json.dumps({k: v for k, v in row.items() if not k.startswith(TIMINGS)})
 
 
 def _model_weights(checkpoint_dir, tmp_path) -> dict:
@@ -131,7 +126,7 @@ def test_resume_latest_falls_back_past_damaged_checkpoints(tmp_path, saved_run, 
     rows = read_metrics(str(run))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for got, want in zip(rows, saved_run[1]):
-        assert _deterministic(got) == _deterministic(want), got["step"]
+        assert deterministic_metrics(got) == deterministic_metrics(want), got["step"]
 
 
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path, saved_run, arith_files):
@@ -160,7 +155,7 @@ def test_kill_9_during_checkpoint_write_keeps_the_previous_one(tmp_path, saved_r
     rows = read_metrics(str(run))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for got, want in zip(rows, saved_run[1]):
-        assert _deterministic(got) == _deterministic(want), got["step"]
+        assert deterministic_metrics(got) == deterministic_metrics(want), got["step"]
     assert not list((run / "checkpoints").glob(".tmp_*")), "the partial checkpoint was not cleaned up"
 
 
@@ -190,7 +185,7 @@ def test_kill_9_of_one_rank_mid_step_ends_the_job_and_resume_replays(tmp_path, s
     rows = read_metrics(str(run))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for got, want in zip(rows, before_crash):
-        assert _deterministic(got) == _deterministic(want), got["step"]
+        assert deterministic_metrics(got) == deterministic_metrics(want), got["step"]
 
 
 # ---- disk full ---------------------------------------------------------------------------------

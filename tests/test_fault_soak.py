@@ -7,14 +7,13 @@ import statistics
 import pytest
 
 import make_tiny_model
-from trainer_runs import kill_run, make_arith_files, start_training, wait_until, write_config
+from trainer_runs import deterministic_metrics, kill_run, make_arith_files, start_training, wait_until, write_config
 from superrl.trainer.checkpoint import complete_checkpoints
 from superrl.trainer.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(1500)
 STEPS, SAVE_EVERY, CRASH_AFTER = 200, 25, 110
 WARMUP = 20  # allocator and caches settle in the first steps of each process
-TIMINGS = ("timing/", "perf/", "memory/", "sync/gbps", "sync/seconds")
 
 
 def _rss_growth(rows: list) -> dict:
@@ -23,10 +22,6 @@ def _rss_growth(rows: list) -> dict:
     late = statistics.median(r["memory/rss_mb"] for r in rows[-20:])
     return {"steps": [rows[0]["step"], rows[-1]["step"]], "early_mb": early, "late_mb": late,
             "growth_mb": late - early}
-
-
-def _deterministic(row: dict) -> str:
-    return json.dumps({k: v for k, v in row.items() if not k.startswith(TIMINGS)})
 
 
 def test_soak_200_steps_with_crash_and_resume(tmp_path):
@@ -51,7 +46,7 @@ def test_soak_200_steps_with_crash_and_resume(tmp_path):
     rows = read_metrics(str(run))
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for got, want in zip(rows[resumed_from:], before_crash[resumed_from:]):
-        assert _deterministic(got) == _deterministic(want), got["step"]
+        assert deterministic_metrics(got) == deterministic_metrics(want), got["step"]
 
     report = {"first_process": _rss_growth(before_crash), "resumed_process": _rss_growth(rows[resumed_from:])}
     print("soak RSS:", json.dumps(report))
