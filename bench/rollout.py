@@ -1,7 +1,7 @@
 """Rollout throughput: EmbeddedEngine vs `transformers` generate (SPEC 6 target: >= 2x tokens/s).
 
     python bench/rollout.py [--sizes tiny,small] [--batch 32] [--max-tokens 64,256] [--repeats 3]
-                            [--threads N] [--vllm] [--out bench/results/rollout.json]
+                            [--threads N] [--vllm] [--profile] [--out bench/results/rollout.json]
 
 Both engines get the same random-init model, the same prompts (random lengths), the same batch and
 exactly `--max-tokens` new tokens per prompt (greedy; eos ignored: `ignore_eos` on ours,
@@ -122,11 +122,23 @@ def bench_engines(generators: dict, prompts: list, max_tokens: int, repeats: int
             for name, runs in times.items()}
 
 
+def print_profile(name: str, generate, prompts: list, max_tokens: int, rows: int = 15) -> None:
+    """torch.profiler over one (already warm) call: where the time goes, by aten op."""
+    from torch.profiler import profile
+    with profile() as prof:
+        generate(prompts, max_tokens)
+    print(f"--- profile: {name}, {len(prompts)} prompts x {max_tokens} new tokens")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def bench_model(args, arch: str, size: str, max_tokens: int, root: Path) -> dict:
     model_dir = make_model(arch, size, root)
     prompts = make_prompts(args.batch, args.min_prompt_len, args.max_prompt_len, MODEL_SIZES[size]["vocab"])
     generators = {name: factory(model_dir, args.dtype) for name, factory in engine_factories(args).items()}
     results = bench_engines(generators, prompts, max_tokens, args.repeats)
+    if args.profile:
+        for name, generate in generators.items():
+            print_profile(f"{arch}-{size} {name}", generate, prompts, max_tokens)
     for result in results.values():
         for key in ("tokens_per_s", "tokens_per_cpu_s"):
             result[f"{key}_vs_transformers"] = result[key] / results["transformers"][key]
@@ -159,6 +171,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--vllm", action="store_true", help="add a vLLM column (needs vLLM installed)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, print a torch.profiler op table of one call per engine (untimed)")
     p.add_argument("--out", default=str(ROOT / "bench/results/rollout.json"))
     return p.parse_args(argv)
 

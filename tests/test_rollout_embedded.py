@@ -177,3 +177,20 @@ def test_bad_prompts_are_rejected(tiny_llama):
         engine.generate([[1, 2], [1, 512]], greedy())
     with pytest.raises(ValueError, match="prompt 0 has no tokens"):
         engine.generate([[]], greedy())
+
+
+def test_writes_through_state_dict_views_reach_the_forward(model_dir):
+    """The forward multiplies by derived [in, out] copies of the weights (matmul_layout.py); a
+    write through a `state_dict()` view, not only `update_weights`, must reach them."""
+    engine = EmbeddedEngine(model_dir, max_batch_size=4)
+    engine.generate(PROMPTS, greedy(), ignore_eos=True)  # the copies exist before the write
+    new_weights = perturbed_weights(model_dir)
+    live = engine.state_dict()
+    with torch.no_grad():
+        for name, tensor in new_weights.items():
+            if name in live:
+                live[name].copy_(tensor)
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    hf_model.load_state_dict(new_weights, strict=False)
+    for prompt, (completion,) in zip(PROMPTS, engine.generate(PROMPTS, greedy(), ignore_eos=True)):
+        assert completion.token_ids == hf_greedy(hf_model, prompt, MAX_TOKENS)

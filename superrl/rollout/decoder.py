@@ -1,28 +1,45 @@
 """Pure-torch Llama / Qwen2 forward over a slot KV cache: batched prefill and one-token decode.
 
-Numerics follow `transformers` (float32 RMSNorm statistics, float32 RoPE tables, SDPA attention),
-so greedy decoding reproduces HF token for token and log-probs agree to float rounding.
+Numerics follow `transformers` (float32 RMSNorm statistics, float32 RoPE tables, softmax
+attention), so greedy decoding reproduces HF token for token and log-probs agree to float rounding.
+
+Where the CPU time goes (llama-small, batch 32; see bench/rollout.py): decode is bound by
+streaming the weights and the KV cache through memory every step, so the forward avoids extra
+passes -- GEMM operands in the layout MKL reads fastest cold (matmul_layout.py), one cache write
+per layer (kv_cache.py), rotary embedding in place, attention straight off cache views.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from superrl.rollout.attention import DecodeAttention, PrefillAttention
 from superrl.rollout.decoder_weights import DecoderWeights, LayerWeights
 from superrl.rollout.kv_cache import KVCache
-from superrl.rollout.rope import apply_rope, cos_sin_table
+from superrl.rollout.matmul_layout import LayerOperands, MatmulLayout
+from superrl.rollout.rope import apply_rope_, cos_sin_table
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, eps_tensor: torch.Tensor) -> torch.Tensor:
+    """eps_tensor: eps as a 0-dim float32 tensor (a Python scalar costs a conversion per call)."""
     if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # fused; bit-equal to HF's formula
+        # HF's formula, op for op (bit-equal), in 6 kernels: F.rms_norm dispatches ~10 on CPU,
+        # which shows at decode sizes ([batch, hidden]).
+        inverse_rms = (x * x).mean(-1, keepdim=True).add_(eps_tensor).rsqrt_()
+        return (x * inverse_rms).mul_(weight)
     normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)  # half precision: float32 statistics, as HF
     return weight * normed.to(x.dtype)
 
 
-def linear_plus(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """residual + x @ weight.T in one GEMM call (x and residual 2-D)."""
-    return torch.addmm(residual, x, weight.t())
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x @ weight (+ bias), weight in [in, out] layout (matmul_layout.py)."""
+    return x @ weight if bias is None else torch.addmm(bias, x, weight)
+
+
+def matmul_plus(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight in one GEMM call (x and residual 2-D)."""
+    return torch.addmm(residual, x, weight)
 
 
 @dataclass
@@ -50,82 +67,103 @@ class Decoder:
     def __init__(self, weights: DecoderWeights):
         self.w = weights
         self.cfg = weights.cfg
-        self.cos = self.signed_sin = weights.embed.new_empty(0, self.cfg.head_dim)
+        self.operands = MatmulLayout(weights)
+        self.rope_table = weights.embed.new_empty(0, 2, self.cfg.head_dim)  # [positions, (cos, signed sin), D]
+        self._eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=weights.embed.device)
 
     def reserve_positions(self, count: int) -> None:
         """Grow the RoPE tables to cover positions [0, count) (sized lazily: 128k-context models)."""
-        if self.cos.shape[0] < count:
+        if self.rope_table.shape[0] < count:
             w = self.w.embed
-            self.cos, self.signed_sin = cos_sin_table(self.cfg.rope, self.cfg.head_dim, count, w.dtype, w.device)
+            cos, signed_sin = cos_sin_table(self.cfg.rope, self.cfg.head_dim, count, w.dtype, w.device)
+            self.rope_table = torch.stack([cos, signed_sin], dim=1)
 
-    def _block(self, x, layer: LayerWeights, cos, signed_sin, attend):
-        """One transformer layer on tokens x [N, hidden]; `attend(q, k, v)` ([N, heads, head_dim]
-        each) writes the cache and returns attention output [N, heads * head_dim]."""
+    def _rope_at(self, positions: torch.Tensor) -> tuple:
+        """cos and signed sin [N, 1, head_dim] at each position, from one gather."""
+        table = self.rope_table[positions]
+        return table[:, :1], table[:, 1:]
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, weight, self.cfg.rms_norm_eps, self._eps)
+
+    def refresh_weights(self) -> None:
+        """Call before a forward pass: picks up weights written since the last one."""
+        self.operands.refresh()
+
+    def _layers(self):
+        return zip(self.w.layers, self.operands.layers)
+
+    def _qkv(self, x, layer: LayerWeights, operands: LayerOperands, cos, signed_sin) -> torch.Tensor:
+        """First half of a layer on tokens x [N, hidden]: the projections [N, heads + 2 * kv_heads,
+        head_dim] (q heads, k heads, v heads) with q and k rotated."""
         cfg = self.cfg
-        h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
-        qkv = F.linear(h, layer.qkv, layer.qkv_bias).unflatten(-1, (-1, cfg.head_dim))
-        heads_qk = cfg.num_heads + cfg.num_kv_heads
-        qk = apply_rope(qkv[:, :heads_qk], cos, signed_sin)  # one rotation for q and k together
-        q, k = qk.split([cfg.num_heads, cfg.num_kv_heads], dim=1)
-        x = linear_plus(x, attend(q, k, qkv[:, heads_qk:]), layer.o_proj)
-        h = rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
-        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-        return linear_plus(x, F.silu(gate) * up, layer.down_proj)
+        h = self._norm(x, layer.input_norm)
+        qkv = matmul(h, operands.qkv, operands.qkv_bias).unflatten(-1, (-1, cfg.head_dim))
+        apply_rope_(qkv[:, :cfg.num_heads + cfg.num_kv_heads], cos, signed_sin)  # q and k at once
+        return qkv
+
+    def _finish(self, x, attended, layer: LayerWeights, operands: LayerOperands) -> torch.Tensor:
+        """Second half of a layer: output projection and MLP, both with their residual adds."""
+        x = matmul_plus(x, attended, operands.o_proj)
+        h = self._norm(x, layer.post_norm)
+        gate, up = matmul(h, operands.gate_up).chunk(2, dim=-1)
+        return matmul_plus(x, F.silu(gate).mul_(up), operands.down_proj)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        h = rms_norm(x, self.w.final_norm, self.cfg.rms_norm_eps)
-        return F.linear(h, self.w.lm_head).float()
+        h = self._norm(x, self.w.final_norm)
+        return matmul(h, self.operands.lm_head).float()
 
     def prefill(self, prompts: PackedPrompts, cache: KVCache) -> torch.Tensor:
         """Run whole prompts, write their keys/values into cache rows `prompts.slots`, and return
         float32 logits [b, vocab] at each prompt's last token.
 
-        GEMMs run on the packed real tokens only; attention alone scatters queries into a
-        right-padded [b, T] layout and reads keys back from the cache. Right padding keeps every
-        token at its true position and a plain causal mask keeps real queries off the pad entries.
+        GEMMs run on the packed real tokens only. Only the last token of each prompt reaches the
+        logits, so the last layer stops at the cache write for the others: its attention, output
+        projection and MLP run on b rows, not N (a fifth of the prefill GEMM work at 4 layers).
         """
-        batch, length = prompts.slots.shape[0], prompts.longest
-        cos = self.cos[prompts.positions, None, :]
-        signed_sin = self.signed_sin[prompts.positions, None, :]
-        token_slots = prompts.slots[prompts.rows]
+        cfg = self.cfg
+        cos, signed_sin = self._rope_at(prompts.positions)
+        write_at = cache.write_index(prompts.slots[prompts.rows], prompts.positions)
+        causal = PrefillAttention(prompts.rows, prompts.positions, prompts.slots.shape[0], prompts.longest,
+                                  cfg.num_heads, cfg.num_kv_heads)
+        last_layer = len(self.w.layers) - 1
         x = F.embedding(prompts.tokens, self.w.embed)
-        for index, layer in enumerate(self.w.layers):
-            def attend(q, k, v, index=index):
-                cache.keys[index, token_slots, :, prompts.positions] = k
-                cache.values[index, token_slots, :, prompts.positions] = v
-                keys = cache.keys[index, prompts.slots, :, :length]  # [b, kv_heads, T, head_dim]
-                values = cache.values[index, prompts.slots, :, :length]
-                padded_q = q.new_zeros(batch, length, *q.shape[1:])
-                padded_q[prompts.rows, prompts.positions] = q
-                out = F.scaled_dot_product_attention(padded_q.transpose(1, 2), keys, values,
-                                                     is_causal=True, enable_gqa=True)
-                return out.transpose(1, 2)[prompts.rows, prompts.positions].flatten(1)
-            x = self._block(x, layer, cos, signed_sin, attend)
-        return self._logits(x[prompts.last])
+        for index, (layer, operands) in enumerate(self._layers()):
+            qkv = self._qkv(x, layer, operands, cos, signed_sin)
+            cache.write(index, write_at, qkv[:, cfg.num_heads:])
+            if index < last_layer:
+                x = self._finish(x, causal(qkv), layer, operands)
+            else:
+                attended = self._last_token_attention(qkv, prompts, cache, index)
+                x = self._finish(x[prompts.last], attended, layer, operands)
+        return self._logits(x)
+
+    def _last_token_attention(self, qkv: torch.Tensor, prompts: PackedPrompts, cache: KVCache,
+                              index: int) -> torch.Tensor:
+        """Attention of each prompt's last token alone: a decode step over the freshly written cache."""
+        cfg = self.cfg
+        attention = DecodeAttention(prompts.positions[prompts.last], prompts.longest, cfg.num_kv_heads,
+                                    cfg.num_heads // cfg.num_kv_heads, qkv.dtype)
+        keys = cache.keys[index][prompts.slots, :, :prompts.longest]  # [b, kv_heads, T, head_dim]
+        values = cache.values[index][prompts.slots, :, :prompts.longest]
+        return attention(qkv[prompts.last, :cfg.num_heads], keys, values)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, context: int,
                cache: KVCache) -> torch.Tensor:
         """One new token per cache row 0..B-1 (tokens/positions [B]); attends to `context` positions.
 
-        Rows are cache slots, so the keys of rows [0, B) are a view of the cache. Grouped-query
-        attention without repeating K/V: the query heads sharing a KV head become that head's
-        query "sequence" ([B, kv_heads, group, head_dim]).
+        Rows are cache slots, so the keys of rows [0, B) are a view of the cache.
         """
         cfg, rows = self.cfg, tokens.shape[0]
-        group = cfg.num_heads // cfg.num_kv_heads
-        cos, signed_sin = self.cos[positions, None, :], self.signed_sin[positions, None, :]
-        visible = torch.arange(context, device=tokens.device) <= positions[:, None]
-        mask = visible[:, None, None, :]
-        all_rows = torch.arange(rows, device=tokens.device)
+        cos, signed_sin = self._rope_at(positions)
+        write_at = cache.write_index(torch.arange(rows, device=tokens.device), positions)
+        attention = DecodeAttention(positions, context, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads,
+                                    self.w.embed.dtype)
         x = F.embedding(tokens, self.w.embed)
-        for index, layer in enumerate(self.w.layers):
-            def attend(q, k, v, index=index):
-                cache.keys[index, all_rows, :, positions] = k
-                cache.values[index, all_rows, :, positions] = v
-                keys = cache.keys[index, :rows, :, :context]
-                values = cache.values[index, :rows, :, :context]
-                grouped_q = q.reshape(rows, cfg.num_kv_heads, group, cfg.head_dim)
-                out = F.scaled_dot_product_attention(grouped_q, keys, values, attn_mask=mask)
-                return out.reshape(rows, cfg.num_heads * cfg.head_dim)
-            x = self._block(x, layer, cos, signed_sin, attend)
+        for index, (layer, operands) in enumerate(self._layers()):
+            qkv = self._qkv(x, layer, operands, cos, signed_sin)
+            cache.write(index, write_at, qkv[:, cfg.num_heads:])
+            keys = cache.keys[index][:rows, :, :context]  # views: rows are cache slots
+            values = cache.values[index][:rows, :, :context]
+            x = self._finish(x, attention(qkv[:, :cfg.num_heads], keys, values), layer, operands)
         return self._logits(x)

@@ -11,6 +11,9 @@ the next request (continuous batching). Sampling randomness is a function of (se
 sample index, step) only -- see sampler.py -- so a seeded call returns the same tokens whatever
 `max_batch_size` is.
 
+Memory: on CPU the forward multiplies by a second, [in, out]-layout copy of the GEMM weights
+(faster to stream, see matmul_layout.py), refreshed lazily after `update_weights`.
+
 Returned log-probs are log pi(token) under the model's RAW distribution (temperature 1, no top-k /
 top-p filtering): the quantity the trainer recomputes as the old-policy log-prob for the PPO ratio.
 """
@@ -75,6 +78,7 @@ class EmbeddedEngine:
         longest = max(len(p) for p in prompt_token_ids) + params.max_tokens
         self._reserve(slots, longest)
         stop_ids = set(params.stop_token_ids or ()) | (set() if ignore_eos else set(self.config.eos_token_ids))
+        self.decoder.refresh_weights()
         scheduler = SlotScheduler(sequences, slots, self.max_prefill_tokens)
         sampler = Sampler(params, self.config.vocab_size, self.device)
         while scheduler.has_work():
@@ -132,11 +136,11 @@ class EmbeddedEngine:
         rows = scheduler.rows
         # Idle rows below the highest running slot decode a dummy token at position 0 of their
         # own (free) slot; their results are ignored and a later prefill overwrites the entry.
-        inputs = [[0, 0, 0, 0] for _ in range(rows)]
+        inputs = [0] * (4 * rows)  # flat: one torch.tensor call on a flat list is the cheap one
         for slot, seq in scheduler.running.items():
-            inputs[slot] = [seq.tokens[-1], seq.next_position, seq.seed, len(seq.tokens)]
-        tokens, positions, seeds, steps = torch.tensor(inputs, device=self.device).T
-        context = max(row[1] for row in inputs) + 1
+            inputs[4 * slot: 4 * slot + 4] = seq.tokens[-1], seq.next_position, seq.seed, len(seq.tokens)
+        tokens, positions, seeds, steps = torch.tensor(inputs, device=self.device).view(rows, 4).T
+        context = max(inputs[1::4]) + 1
         logits = self.decoder.decode(tokens, positions, context, self.cache)
         sampled = sampler(logits, seeds, steps)
         rows = [(slot, slot, seq) for slot, seq in scheduler.running.items()]

@@ -47,6 +47,9 @@ def cos_sin_table(rope: dict, head_dim: int, max_positions: int, dtype, device) 
     return cos.to(dtype=dtype, device=device), signed_sin.to(dtype=dtype, device=device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x [..., head_dim] rotated by half-split pairs; tables from `cos_sin_table`, broadcast to x."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., head_dim] in place by half-split pairs (tables from `cos_sin_table`, broadcast
+    to x). In place so that rotated keys stay next to the values in the fused qkv output, ready
+    for one cache write. Same operations, same order as x * cos + roll(x) * sin: bit-identical."""
+    rolled = x.roll(x.shape[-1] // 2, dims=-1)
+    return x.mul_(cos).addcmul_(rolled, signed_sin)
