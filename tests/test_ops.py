@@ -132,8 +132,8 @@ class RecordingProjection(DenseProjection):
     def __init__(self):
         self.block_shapes = []
 
-    def logits(self, operands, rows, dtype):
-        block = super().logits(operands, rows, dtype)
+    def logits(self, operands, rows, out):
+        block = super().logits(operands, rows, out)
         self.block_shapes.append(tuple(block.shape))
         return block
 

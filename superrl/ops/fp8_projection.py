@@ -36,10 +36,9 @@ class FP8Projection:
         """Quantise both operands once per step (records their amaxes); kept for the backward."""
         return (*self.scaling.input.quantize(hidden), *self.scaling.weight.quantize(weight))
 
-    def logits(self, operands, rows: slice, dtype: torch.dtype) -> torch.Tensor:
+    def logits(self, operands, rows: slice, out: torch.Tensor) -> torch.Tensor:
         hidden_fp8, hidden_dequant, weight_fp8, weight_dequant = operands
-        return scaled_matmul(hidden_fp8[rows], hidden_dequant, weight_fp8.t(),
-                             weight_dequant).to(dtype)
+        return out.copy_(scaled_matmul(hidden_fp8[rows], hidden_dequant, weight_fp8.t(), weight_dequant))
 
     def backward(self, operands, rows: slice, grad_logits, grad_hidden_rows, grad_weight) -> None:
         hidden_fp8, hidden_dequant, weight_fp8, weight_dequant = operands
@@ -64,7 +63,8 @@ class _FP8Linear(torch.autograd.Function):
         ctx.save_for_backward(*operands)
         ctx.projection = projection
         ctx.x_dtype, ctx.weight_dtype = x.dtype, weight.dtype
-        return projection.logits(operands, _ALL_ROWS, torch.float32).to(x.dtype)
+        logits = x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+        return projection.logits(operands, _ALL_ROWS, logits).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_y):

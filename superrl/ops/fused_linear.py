@@ -15,12 +15,11 @@ from superrl.ops._softmax_chunks import (ShardTargets, accumulation_dtype, local
 from superrl.ops._tp import all_reduce_, tp_size
 from superrl.ops._validation import check_linear_inputs, check_target_range
 
-# Default chunk: 256 tokens. The chunk GEMMs' speed depends on the row count: on the CPU box at
-# V/tp = 151936, h = 896 the fused fwd+bwd took 2.3x / 1.4x / 1.3x the naive CPU time at 55 / 256
-# / 512 rows, 1.33x being the floor of 4 GEMMs (one recompute) against 3. 256 rows of logits are
-# 33 MB at V/tp = 32000 and 155 MB at 151936, small next to the [V/tp, h] weight gradient.
-# Huge vocab shards are capped at MAX_CHUNK_BYTES of logits.
-DEFAULT_CHUNK_TOKENS = 256
+# Default chunk: 512 tokens, capped at MAX_CHUNK_BYTES of logits (441 rows at V/tp = 151936). The
+# chunk GEMMs' speed depends on the row count: fused fwd+bwd at T = 2048, h = 896 on the CPU box took
+# 2.75 / 2.61 / 2.45 / 2.46 s at 128 / 256 / 512 / 1024 rows (V/tp = 32000), and 12.9 / 12.4 s at
+# 256 / 441 rows (V/tp = 151936). 512 rows of logits are 65 MB at V/tp = 32000.
+DEFAULT_CHUNK_TOKENS = 512
 MAX_CHUNK_BYTES = 256 * 2 ** 20
 _MIN_CHUNK_TOKENS = 16
 
@@ -45,10 +44,12 @@ class DenseProjection:
         """Tensors the chunk GEMMs read; they are saved for the backward."""
         return hidden, weight
 
-    def logits(self, operands, rows: slice, dtype: torch.dtype) -> torch.Tensor:
-        """A fresh [c, V/tp] logits block for token rows `rows` (callers may overwrite it)."""
+    def logits(self, operands, rows: slice, out: torch.Tensor) -> torch.Tensor:
+        """The [c, V/tp] logits block of token rows `rows`, written into `out` (and returned)."""
         hidden, weight = operands
-        return (hidden[rows] @ weight.t()).to(dtype)
+        if out.dtype == weight.dtype:
+            return torch.mm(hidden[rows], weight.t(), out=out)
+        return out.copy_(hidden[rows] @ weight.t())  # half-precision GEMM, float32 softmax
 
     def backward(self, operands, rows: slice, grad_logits, grad_hidden_rows, grad_weight) -> None:
         """grad_hidden_rows <- dz @ W (this rank's part); grad_weight += dz.T @ hidden[rows]."""
@@ -82,8 +83,9 @@ class _ChunkedLinearLogprobsEntropy(torch.autograd.Function):
         shard_targets = ShardTargets.build(targets, weight.shape[0], tp_group)
         operands = projection.prepare(hidden, weight)
         stats = hidden.new_empty((4, hidden.shape[0]), dtype=dtype)
+        block = _logits_buffer(hidden.shape[0], chunk_size, weight, dtype)
         for rows in row_slices(hidden.shape[0], chunk_size):
-            logits = projection.logits(operands, rows, dtype)
+            logits = projection.logits(operands, rows, block[:rows.stop - rows.start])
             local_stats(logits, shard_targets.rows(rows), stats[:, rows])
         logprobs, entropy, log_normaliser = outputs_from_stats(stats, shard_targets, tp_group)
         ctx.save_for_backward(*operands, log_normaliser, entropy)
@@ -102,8 +104,10 @@ class _ChunkedLinearLogprobsEntropy(torch.autograd.Function):
         grad_logprobs, grad_entropy = upstream_grads(grad_logprobs, grad_entropy,
                                                      ctx.shard_targets, log_normaliser.dtype)
         grad_hidden, grad_weight = _grad_buffers(ctx, log_normaliser.dtype)
-        for rows in row_slices(ctx.hidden_spec.shape[0], ctx.chunk_size):
-            logits = ctx.projection.logits(operands, rows, log_normaliser.dtype)
+        num_tokens = ctx.hidden_spec.shape[0]
+        block = _logits_buffer(num_tokens, ctx.chunk_size, ctx.weight_spec, log_normaliser.dtype)
+        for rows in row_slices(num_tokens, ctx.chunk_size):
+            logits = ctx.projection.logits(operands, rows, block[:rows.stop - rows.start])
             logits_grad_(logits, log_normaliser[rows], entropy[rows], _rows_of(grad_logprobs, rows),
                          _rows_of(grad_entropy, rows), ctx.shard_targets.rows(rows), out=logits)
             ctx.projection.backward(operands, rows, logits, _rows_of(grad_hidden, rows), grad_weight)
@@ -115,6 +119,12 @@ class _ChunkedLinearLogprobsEntropy(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = grad_weight.to(ctx.weight_spec.dtype)
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def _logits_buffer(num_tokens: int, chunk_size: int, weight, dtype) -> torch.Tensor:
+    """One [chunk, V/tp] block reused by every chunk: a fresh one per chunk is a fresh mmap (glibc
+    maps allocations this large) whose page faults cost ~10% of the fused-linear step on CPU."""
+    return torch.empty((min(chunk_size, num_tokens), weight.shape[0]), dtype=dtype, device=weight.device)
 
 
 def _grad_buffers(ctx, dtype):
@@ -146,7 +156,7 @@ def fused_linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor
     hidden: [T, h], replicated over the TP group (the gradient is all-reduced over tp_group, so
     do not also route it through megatron's copy_to_tensor_model_parallel_region).
     weight: this rank's output-layer shard [V/tp, h]. targets: global ids [T], -100 = ignored.
-    chunk_size: tokens per chunk; default 256 (`default_chunk_size`). Peak extra
+    chunk_size: tokens per chunk; default 512 (`default_chunk_size`). Peak extra
     memory is one chunk of logits plus the [V/tp, h] weight gradient, whatever T is.
     """
     return chunked_linear_logprobs_and_entropy(DenseProjection(), hidden, weight, targets,
