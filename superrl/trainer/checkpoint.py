@@ -147,24 +147,25 @@ def validate_checkpoint(path: str, arch, padded_vocab: int, check_world_size: bo
 
 
 def latest_valid_checkpoint(run_dir: str, arch, padded_vocab: int):
-    """Collective. The newest checkpoint that validates, with the reasons newer ones were skipped;
-    (None, []) when the run has none; CheckpointError when it has some and none validates."""
+    """Collective. (path, metadata, reasons newer ones were skipped) of the newest checkpoint that
+    validates; (None, None, []) when the run has none; CheckpointError when none validates."""
     skipped = []
     for path in reversed(complete_checkpoints(run_dir)):
         try:
-            validate_checkpoint(path, arch, padded_vocab)
-            return path, skipped
+            return path, validate_checkpoint(path, arch, padded_vocab), skipped
         except CheckpointError as e:
             skipped.append(str(e))
     if skipped:
         raise CheckpointError("no loadable checkpoint to resume from: " + " | ".join(skipped))
-    return None, skipped
+    return None, None, skipped
 
 
-def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True) -> tuple:
+def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True, meta=None) -> tuple:
     """Load model/optimizer/scheduler (resharded to this run's TP x PP); return (meta, trainer_state).
-    Without the trainer state (evaluation), any world size may load it."""
-    meta = validate_checkpoint(path, arch, state.padded_vocab, check_world_size=load_trainer_state)
+    Without the trainer state (evaluation), any world size may load it. `meta`: what
+    `validate_checkpoint` just returned for `path`, so its files are not checksummed twice."""
+    if meta is None:
+        meta = validate_checkpoint(path, arch, state.padded_vocab, check_world_size=load_trainer_state)
     loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), os.path.join(path, DIST_CKPT_DIR))
     state.model.module.load_state_dict(model_tensors(loaded))
     state.optimizer.load_state_dict(loaded["optimizer"])

@@ -188,8 +188,8 @@ class Trainer:
                                           self.trainer_state(), self.checkpoint_metadata(),
                                           self.config.model.hf_dir, self.config.trainer.keep_last)
 
-    def resume(self, path: str) -> None:
-        _, saved = checkpoint.load_checkpoint(path, self.state, self.arch)
+    def resume(self, path: str, meta=None) -> None:
+        _, saved = checkpoint.load_checkpoint(path, self.state, self.arch, meta=meta)
         self.step = saved["step"]
         self.loader.load_state_dict(saved["loader"])
         self.switch.load_state_dict(saved["switch"])
@@ -197,23 +197,25 @@ class Trainer:
         if self.log_sigma is not None:
             self.log_sigma.load_state_dict(saved["log_sigma"])
 
-    def _resume_path(self):
+    def _resume_point(self) -> tuple:
+        """(checkpoint path, its metadata if already validated), or (None, None) to start fresh."""
         t = self.config.trainer
         if t.resume_from:
-            return t.resume_from
+            return t.resume_from, None
         if t.resume:
-            path, skipped = checkpoint.latest_valid_checkpoint(t.run_dir, self.arch, self.state.padded_vocab)
+            path, meta, skipped = checkpoint.latest_valid_checkpoint(t.run_dir, self.arch,
+                                                                     self.state.padded_vocab)
             if self.ctx.rank == 0:
                 for reason in skipped:
                     print(f"superrl: not resuming from an invalid checkpoint: {reason}", flush=True)
-            return path
-        return None
+            return path, meta
+        return None, None
 
     def run(self) -> list:
         t, history = self.config.trainer, []
-        path = self._resume_path()
+        path, meta = self._resume_point()
         if path:
-            self.resume(path)
+            self.resume(path, meta)
         self.sync.sync()  # the engine starts from the trainer's weights, fresh or resumed
         logger = MetricsLogger(t.run_dir, t.total_steps, start_step=self.step, enabled=self.ctx.rank == 0)
         if self.config.algorithm.switch.mode == "probe" and self.switch.state_dict()["probe"] is None:
