@@ -1,64 +1,90 @@
 """Collective transport: works for any placement (multi-node, GPU/NCCL, CPU/gloo).
 
-* Each PP stage exports its layers through the shared mapping (`export_hf_weights`): a
-  parameter's TP shards are all-gathered inside the stage's TP group and resharded into full HF
-  tensors. Only the stage's tp_rank-0 rank uses them; its TP peers take part in the all-gathers.
-* Stage 0's tensors are packed into flat buckets on the owner itself. Stage s > 0 packs on its
-  tp_rank-0 rank and sends each flat bucket point-to-point to the owner over their PP group (both
-  are tp_rank 0 of the same replica, so they share it).
+* Each PP stage fills its buckets on its tp_rank-0 rank (the stage's *packer*): for every HF
+  tensor of a bucket, the stage's other TP ranks send their parts of it (hf_parts.py) to the
+  packer, which receives them straight into the tensor's place in the flat bucket when the parts
+  are row blocks of it (vocab-parallel embedding and lm_head, column-parallel weights).
+* Stage 0's packer is the owner and applies its buckets itself. Stage s > 0 sends each filled
+  bucket point-to-point to the owner over their PP group (both are tp_rank 0 of the same replica,
+  so they share it).
 
-Memory per packing/receiving rank: one flat buffer of at most the bucket size, plus the reshard of
-the one parameter being exported (at TP > 1 its all-gathered shards and their concatenation
-briefly coexist).
+Memory on a packer: one flat buffer of the bucket size (a tensor larger than the bucket gets a
+buffer of its own size instead), plus one part-sized buffer while building a tensor whose parts
+cannot land in place (split along the input dimension: row-parallel o_proj/down_proj). A TP peer
+holds no more than its part. No parameter is all-gathered next to its concatenation.
 """
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
-from superrl.sync.plan import build_plan, packing_capacity
-from superrl.weights.load import export_hf_weights
+from superrl.sync.hf_parts import landing_view, local_hf_parts, write_part
+from superrl.sync.plan import Bucket, build_plan
 
 
 class CollectiveTransport:
     def __init__(self, model, arch, bucket_bytes: int):
         self.model, self.arch = model, arch
-        self.tp_rank = mpu.get_tensor_model_parallel_rank()
-        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
+        self.tp_rank, self.tp_size = mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size()
+        self.pp_rank, self.pp_size = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size()
+        self.tp_group, self.packer = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_src_rank()
+        self.tp_ranks = dist.get_process_group_ranks(self.tp_group)
         self.pp_group = mpu.get_pipeline_model_parallel_group()
-        self.stage_ranks = dist.get_process_group_ranks(self.pp_group)  # global rank of each stage
+        self.stage_ranks = dist.get_process_group_ranks(self.pp_group)  # global rank of each stage's packer
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
-        self.plan = build_plan(arch, len(self.stage_ranks), bucket_bytes, param.element_size())
+        self.plan = build_plan(arch, self.pp_size, bucket_bytes, param.element_size())
+        self.bucket_numel = max(1, bucket_bytes // param.element_size())
 
     def sync(self, apply_bucket) -> None:
-        exported = export_hf_weights(self.model, self.arch)
-        if self.tp_rank == 0 and self.pp_rank == 0:
-            self._receive_and_apply(exported, apply_bucket)
-        elif self.tp_rank == 0:
-            self._pack_and_send(exported)
-        else:
-            for _ in exported:  # TP peers: take part in the all-gathers only
-                pass
-
-    def _buffer(self) -> torch.Tensor:
-        return torch.empty(packing_capacity(self.plan), dtype=self.dtype, device=self.device)
-
-    def _receive_and_apply(self, exported, apply_bucket) -> None:
-        buffer = self._buffer()
+        parts = local_hf_parts(self.model, self.arch, self.tp_size, self.pp_rank, self.pp_size)
+        buffer = torch.empty(self.bucket_numel, dtype=self.dtype, device=self.device) if self.tp_rank == 0 else None
         for bucket in self.plan:
-            if bucket.stage == 0:
-                flat = bucket.pack(exported, buffer)
-            else:
-                flat = buffer[:bucket.numel] if bucket.numel <= buffer.numel() else \
-                    torch.empty(bucket.numel, dtype=self.dtype, device=self.device)
-                dist.recv(flat, src=self.stage_ranks[bucket.stage], group=self.pp_group)
-            apply_bucket(bucket, flat)
-            del flat  # a lone tensor's bucket is the exported tensor itself: free it before the next
-
-    def _pack_and_send(self, exported) -> None:
-        buffer = self._buffer()
-        owner = self.stage_ranks[0]
-        for bucket in self.plan:
+            flat = None
             if bucket.stage == self.pp_rank:
+                flat = self._fill(bucket, parts, buffer)
+            if self.tp_rank != 0:
+                continue
+            if self.pp_rank == 0:  # the owner
+                if bucket.stage != 0:
+                    flat = self._flat(bucket, buffer)
+                    dist.recv(flat, src=self.stage_ranks[bucket.stage], group=self.pp_group)
+                apply_bucket(bucket, flat)
+            elif bucket.stage == self.pp_rank:
                 # Blocking send: the buffer is refilled only once the owner has this bucket.
-                dist.send(bucket.pack(exported, buffer), dst=owner, group=self.pp_group)
+                dist.send(flat, dst=self.stage_ranks[0], group=self.pp_group)
+
+    def _flat(self, bucket: Bucket, buffer: torch.Tensor) -> torch.Tensor:
+        """The bucket's flat storage: the reused buffer, or a fresh one for a tensor larger than it."""
+        if bucket.numel <= buffer.numel():
+            return buffer[:bucket.numel]
+        return torch.empty(bucket.numel, dtype=self.dtype, device=self.device)
+
+    def _fill(self, bucket: Bucket, parts, buffer):
+        """Collective over the stage's TP group: the filled flat bucket on the packer, None elsewhere."""
+        flat = self._flat(bucket, buffer) if self.tp_rank == 0 else None
+        views = [view for _, view in bucket.unflatten(flat)] if flat is not None else [None] * len(bucket.slots)
+        for slot, view in zip(bucket.slots, views):
+            _, tp_dim, part = bucket.next_item(parts, slot)
+            self._gather_part(view, tp_dim, part)
+        return flat
+
+    def _gather_part(self, full, tp_dim, part: torch.Tensor) -> None:
+        """TP ranks' parts of one HF tensor -> `full` on the packer (None on the other ranks).
+
+        Point-to-point rather than `gather`: gloo's gather stages everything in a flat buffer of
+        the whole tensor, a recv lands where it is told."""
+        if self.tp_rank != 0:
+            if tp_dim is not None:  # a replicated tensor is taken from the packer's own copy
+                dist.send(part.contiguous(), dst=self.packer, group=self.tp_group)
+            return
+        write_part(full, tp_dim, part, 0)
+        if tp_dim is None:
+            return
+        spare = None  # one part-sized landing buffer, for parts that cannot be received in place
+        for rank in range(1, self.tp_size):
+            view = landing_view(full, tp_dim, part.shape, rank)
+            if view is None:
+                spare = torch.empty(part.shape, dtype=part.dtype, device=part.device) if spare is None else spare
+            dist.recv(spare if view is None else view, src=self.tp_ranks[rank], group=self.tp_group)
+            if view is None:
+                write_part(full, tp_dim, spare, rank)

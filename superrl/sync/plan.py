@@ -3,7 +3,8 @@
 Every rank builds the same plan from the architecture alone, so sender and receiver agree on
 names, shapes, offsets and order without exchanging any metadata. Names and order come from
 running the shared weight mapping (`stage_state_to_hf`) on meta tensors: they are by construction
-the order in which `export_hf_weights` yields a stage's tensors.
+the order in which `export_hf_weights` and the transports' `hf_parts.local_hf_parts` yield a
+stage's tensors.
 """
 from dataclasses import dataclass
 
@@ -64,28 +65,6 @@ class Bucket:
         """(HF name, view into `flat`) for every tensor of the bucket: no copies."""
         return [(s.name, flat[s.offset:s.offset + s.numel].view(s.shape)) for s in self.slots]
 
-    def pack(self, exported, buffer: torch.Tensor) -> torch.Tensor:
-        """Copy the next tensors of the `exported` (HF name, full tensor) stream into `buffer`; return
-        the filled flat bucket.
-
-        Tensors are copied one at a time as the stream produces them, so only one exported tensor
-        is alive besides the buffer. A bucket of one tensor travels as that tensor (no copy): a
-        tensor larger than the bucket size never needs a second, bucket-sized copy of itself.
-        """
-        if len(self.slots) == 1:
-            return self._checked_tensor(exported, self.slots[0]).reshape(-1)
-        flat = buffer[:self.numel]
-        for slot in self.slots:
-            flat[slot.offset:slot.offset + slot.numel].copy_(self._checked_tensor(exported, slot).reshape(-1))
-        return flat
-
-    def _checked_tensor(self, exported, slot: Slot) -> torch.Tensor:
-        _, tensor = self.next_item(exported, slot)
-        if tuple(tensor.shape) != slot.shape:
-            raise RuntimeError(f"weight sync plan expects {slot.name} {slot.shape}, the model exported "
-                               f"shape {tuple(tensor.shape)} (plan and weight mapping disagree)")
-        return tensor
-
     def next_item(self, stream, slot: Slot) -> tuple:
         """The next (HF name, ...) item of a stage's export stream, which must be `slot`'s tensor."""
         item = next(stream, None)
@@ -116,8 +95,3 @@ def build_plan(arch: ModelArch, pp_size: int, bucket_bytes: int, element_size: i
     bucket_numel = max(1, bucket_bytes // element_size)
     return [bucket for stage in range(pp_size)
             for bucket in plan_stage_buckets(stage_hf_shapes(arch, stage, pp_size), stage, bucket_numel)]
-
-
-def packing_capacity(plan: list) -> int:
-    """Elements of a reusable flat buffer for buckets that need packing (lone tensors travel as is)."""
-    return max((b.numel for b in plan if len(b.slots) > 1), default=0)

@@ -6,7 +6,7 @@ stage s, every TP rank of stage s writes *its own slice* of each HF tensor strai
 (rows or columns `tp_rank` of the TP split dimension, as the mapping's concatenation would put
 them), then the owner applies views of the bucket. So there is no TP all-gather, no concatenation
 and no packing copy: each byte is written once by the rank that holds it and copied once by the
-engine. Names, order, fusion splits and TP split dimensions all come from the shared mapping.
+engine (hf_parts.py).
 Buckets are half the region, alternating between its two ends, so the next bucket is written
 while the engine copies the previous one.
 
@@ -21,35 +21,10 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
+from superrl.sync.hf_parts import local_hf_parts, write_part
 from superrl.sync.plan import Bucket, build_plan
-from superrl.weights import mapping
-from superrl.weights.load import unwrap_model
 
 SHM_DIR = "/dev/shm"  # Linux tmpfs: files here are RAM
-
-
-def local_hf_parts(model, arch, tp_size: int, pp_rank: int, pp_size: int):
-    """(HF name, TP split dim, this rank's part of that HF tensor) for this stage, in export order."""
-    model = unwrap_model(model)
-    params = dict(model.named_parameters())
-    for m, local, layer in mapping.stage_param_maps(arch, pp_rank, pp_size, model.uses_te_names):
-        if m.megatron == "output_layer.weight" and arch.tied_embeddings:
-            continue  # as in the mapping's export: the first stage sends the tied embedding
-        parts = mapping.split_shard(m, params[mapping.megatron_name(m, local)].detach(), arch, tp_size)
-        for name, part in zip(mapping.hf_names(m, layer), parts):
-            yield name, m.tp_dim, part
-
-
-def write_part(full: torch.Tensor, tp_dim, part: torch.Tensor, tp_rank: int) -> None:
-    """Put one TP rank's part where concatenating all ranks' parts along `tp_dim` would put it."""
-    if tp_dim is None:  # replicated: rank 0's copy is the tensor
-        if tp_rank == 0:
-            full.copy_(part)
-        return
-    start = tp_rank * part.shape[tp_dim]
-    length = min(part.shape[tp_dim], full.shape[tp_dim] - start)  # drops padded-vocab rows
-    if length > 0:
-        full.narrow(tp_dim, start, length).copy_(part.narrow(tp_dim, 0, length))
 
 
 def map_shared_bucket(numel: int, dtype: torch.dtype, group, owner: int) -> torch.Tensor:
