@@ -9,7 +9,7 @@ size before the WeightSync existed (glibc set to mmap every tensor-sized allocat
 tensors leave RSS). The memcpy baseline is `dst.copy_(src)` of the same byte count on pre-faulted
 tensors, in the owner's process right after the syncs, single-threaded like the sync ranks.
 
-  python bench/weight_sync.py [--bucket-mb 8 32 128] [--repeats 5] [--out bench/results/weight_sync.json]
+  python bench/weight_sync.py [--bucket-mb 8 32 128 512] [--repeats 5] [--out bench/results/weight_sync.json]
 """
 import argparse
 import json
@@ -61,7 +61,7 @@ def print_table(rows: list) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bucket-mb", type=float, nargs="+", default=[8, 32, 128])
+    p.add_argument("--bucket-mb", type=float, nargs="+", default=[8, 32, 128, 512])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(REPO_ROOT / "bench/results/weight_sync.json"))
     args = p.parse_args()

@@ -52,7 +52,7 @@ class RolloutConfig:
     top_k: int = -1
     max_tokens: int = 64
     max_batch_size: int = 64
-    sync_bucket_mb: int = 64
+    sync_bucket_mb: int = 512  # slime's default (--update-weight-buffer-size); a limit, not an allocation
 
 
 @dataclass

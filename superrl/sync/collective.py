@@ -33,11 +33,14 @@ class CollectiveTransport:
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.plan = build_plan(arch, self.pp_size, bucket_bytes, param.element_size())
-        self.bucket_numel = max(1, bucket_bytes // param.element_size())
+        bucket_numel = max(1, bucket_bytes // param.element_size())
+        # The reused buffer holds the largest bucket within the size limit (a small model's whole
+        # stage needs less than the limit); tensors above it get a buffer of their own.
+        self.buffer_numel = max((b.numel for b in self.plan if b.numel <= bucket_numel), default=0)
 
     def sync(self, apply_bucket) -> None:
         parts = local_hf_parts(self.model, self.arch, self.tp_size, self.pp_rank, self.pp_size)
-        buffer = torch.empty(self.bucket_numel, dtype=self.dtype, device=self.device) if self.tp_rank == 0 else None
+        buffer = torch.empty(self.buffer_numel, dtype=self.dtype, device=self.device) if self.tp_rank == 0 else None
         for bucket in self.plan:
             flat = None
             if bucket.stage == self.pp_rank:

@@ -10,8 +10,8 @@ engine (hf_parts.py).
 Buckets are half the region, alternating between its two ends, so the next bucket is written
 while the engine copies the previous one.
 
-Memory: the region, max(bucket size, largest tensor) per replica (the engine takes whole
-tensors), mapped for the transport's lifetime like a pinned staging buffer; plus one rank-local
+Memory: the region, max(min(bucket size, model size), largest tensor) per replica (the engine
+takes whole tensors), mapped for the transport's lifetime like a pinned staging buffer; plus one rank-local
 shard's split (a copy only for interleaved QKV).
 """
 import os
@@ -74,7 +74,9 @@ class SharedMemoryTransport:
         param = next(model.parameters())
         # Half-size buckets, so that two fit side by side in a region of `bucket_bytes`.
         self.plan = build_plan(arch, self.pp_size, bucket_bytes // 2, param.element_size())
-        region_numel = max(bucket_bytes // param.element_size(), max(b.numel for b in self.plan))
+        # No bigger than the model (a small model under a large limit), no smaller than one bucket.
+        total_numel = sum(b.numel for b in self.plan)
+        region_numel = max(min(bucket_bytes // param.element_size(), total_numel), max(b.numel for b in self.plan))
         self.offsets = bucket_offsets(self.plan, region_numel)
         self.wait_for = [last_overlapping(self.plan, self.offsets, k) for k in range(len(self.plan))]
         self.region = map_shared_bucket(region_numel, param.dtype, self.group, self.owner)

@@ -81,7 +81,7 @@ def main():
             make_sync = partial(WeightSync, model, arch, engine, bucket_mb, transport)
             results.append({"transport": transport, "bucket_mb": bucket_mb, **measure_sync(make_sync, args.repeats)})
     dist.barrier()
-    memcpy = memcpy_seconds(results[0]["bytes"], max(3, args.repeats)) if ctx.rank == 0 else None
+    memcpy = memcpy_seconds(results[0]["bytes"], max(10, args.repeats)) if ctx.rank == 0 else None
     write_result({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank,
                   "memcpy_seconds": memcpy, "syncs": results})
 
