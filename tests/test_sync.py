@@ -39,7 +39,7 @@ def synced_layouts(tiny_llama, tiny_qwen2) -> list:
 
 @pytest.mark.parametrize("index,layout", [(0, "tp2pp1"), (1, "tp1pp2"), (2, "tp2pp2")],
                          ids=["llama-tp2-dp2", "llama-pp2-dp2", "qwen2-tp2pp2"])
-@pytest.mark.parametrize("transport", ["collective", "shared_memory"])
+@pytest.mark.parametrize("transport", ["collective", "shared_memory", "direct"])
 def test_engine_logprobs_equal_trainer_after_sync(synced_layouts, index, layout, transport):
     per_rank = [rank_results[index] for rank_results in synced_layouts]
     assert per_rank[0]["layout"] == layout
@@ -49,8 +49,10 @@ def test_engine_logprobs_equal_trainer_after_sync(synced_layouts, index, layout,
         got = r[transport]
         assert got["stale_diff"] > 1e-2, "before the sync the engine should hold older weights"
         assert got["synced_diff"] <= TOL, f"engine vs trainer log-probs differ by {got['synced_diff']}"
-    # The worker's bucket size gives both packed buckets and lone tensors.
-    assert 0 < per_rank[0][transport]["solo_buckets"] < per_rank[0][transport]["buckets"]
+    if transport == "direct":  # written in place: nothing is bucketed
+        assert per_rank[0][transport]["buckets"] == 0
+    else:  # the worker's bucket size gives both packed buckets and lone tensors
+        assert 0 < per_rank[0][transport]["solo_buckets"] < per_rank[0][transport]["buckets"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_sync_peak_memory_within_one_bucket_plus_largest_tensor(vocab_heavy_llam
     per_rank = run_torchrun("sync_measure.py", tp, ["--hf-dir", vocab_heavy_llama, "--tp", tp,
                                                     "--bucket-mb", "0.25", "1"])
     for result in per_rank:
-        assert {s["transport"] for s in result["syncs"]} == {"collective", "shared_memory"}
+        assert {s["transport"] for s in result["syncs"]} == {"collective", "shared_memory", "direct"}
         for s in result["syncs"]:
             bound = s["bucket_mb"] * MB + s["largest_tensor_bytes"]
             assert s["bytes"] > bound + RSS_ALLOWANCE, "model too small for the bound to mean anything"

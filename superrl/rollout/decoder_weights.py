@@ -12,6 +12,7 @@ from typing import Iterable, Optional
 import torch
 
 from superrl.rollout.hf_checkpoint import DecoderConfig
+from superrl.rollout.shared_weights import MemfdArena, SharedWeights
 
 LM_HEAD = "lm_head.weight"
 EMBED = "model.embed_tokens.weight"
@@ -33,10 +34,15 @@ def _split_rows(buffer: torch.Tensor, names: list, sizes: list) -> dict:
 
 
 class DecoderWeights:
-    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype, device: torch.device):
+    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype, device: torch.device, shared: bool = False):
+        """shared: carve every parameter out of one `MemfdArena` other processes can map (CPU)."""
         def empty(*shape):
             return torch.empty(*shape, dtype=dtype, device=device)
 
+        self.arena = None
+        if shared:
+            self.arena = MemfdArena(parameter_numel(cfg), dtype)
+            empty = self.arena.carve
         self.cfg = cfg
         self.by_name: dict = {}
         self.embed = self._register(EMBED, empty(cfg.vocab_size, cfg.hidden_size))
@@ -71,6 +77,10 @@ class DecoderWeights:
         self.by_name.update(_split_rows(layer.gate_up, mlp, 2 * [cfg.intermediate_size]))
         return layer
 
+    def shared(self) -> Optional[SharedWeights]:
+        """How other processes on this host map these weights; None unless built `shared`."""
+        return None if self.arena is None else self.arena.describe(self.by_name)
+
     def _target(self, name: str) -> torch.Tensor:
         if name == LM_HEAD and self.cfg.tie_word_embeddings:
             return self.embed  # tied: the output projection *is* the embedding
@@ -99,3 +109,8 @@ class DecoderWeights:
         unused = set(tensors) - set(self.by_name) - {LM_HEAD}
         known = {n: t for n, t in tensors.items() if n not in unused}  # e.g. rotary inv_freq buffers
         self.copy_from(known.items())
+
+
+def parameter_numel(cfg: DecoderConfig) -> int:
+    """Elements of all parameters: the HF-named views tile the fused buffers exactly."""
+    return sum(t.numel() for t in DecoderWeights(cfg, torch.float32, torch.device("meta")).by_name.values())

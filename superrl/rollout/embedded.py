@@ -27,6 +27,7 @@ from superrl.rollout.hf_checkpoint import load_tensors, parse_dtype, read_config
 from superrl.rollout.kv_cache import KVCache
 from superrl.rollout.sampler import Sampler, sequence_seeds
 from superrl.rollout.scheduler import Sequence, SlotScheduler
+from superrl.rollout.shared_weights import SharedWeights, can_share
 from superrl.rollout.types import Completion, SamplingParams
 
 CACHE_ROUNDING = 64  # grow the KV cache in steps, so slightly longer prompts reuse it
@@ -43,7 +44,7 @@ class EmbeddedEngine:
         self.dtype = parse_dtype(dtype)
         self.max_batch_size = max_batch_size or (256 if self.device.type == "cuda" else 64)
         self.max_prefill_tokens = max_prefill_tokens
-        self.weights = DecoderWeights(self.config, self.dtype, self.device)
+        self.weights = DecoderWeights(self.config, self.dtype, self.device, shared=can_share(self.device))
         with torch.no_grad():
             self.weights.load(load_tensors(model_dir))
         self.decoder = Decoder(self.weights)
@@ -54,6 +55,16 @@ class EmbeddedEngine:
     def state_dict(self) -> dict:
         """HF name -> live parameter tensor (views into the fused buffers the forward uses)."""
         return dict(self.weights.by_name)
+
+    def shared_weights(self) -> Optional[SharedWeights]:
+        """How trainer ranks on this host map the live parameters to write them directly (CPU; None
+        on GPU). After such writes call `weights_written`."""
+        return self.weights.shared()
+
+    def weights_written(self) -> None:
+        """Writes from other processes bypass the version counters that keep the GEMM operand
+        copies current (matmul_layout.py): re-derive them all before the next forward."""
+        self.decoder.operands.invalidate()
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable) -> None:

@@ -47,6 +47,10 @@ class MatmulLayout:
             return None
         return [w._version for w in self._sources]
 
+    def invalidate(self) -> None:
+        """Make the next `refresh` re-derive every copy (for writes no version counter saw)."""
+        self._versions = None
+
     def refresh(self) -> None:
         """Re-derive the [in, out] copies of the weights written since the last call."""
         if not self._copies:

@@ -12,11 +12,15 @@ them to the owner in the flat buckets of a plan that every rank derives from the
 on views into the flat bucket. The engine receives full tensors, so its own tensor parallelism
 (e.g. vLLM's) may differ from the trainer's.
 
-Two transports move the bytes (the same split as slime's colocated / distributed weight update):
-* `shared_memory` (auto-selected for CPU tensors with the whole replica on one host): TP ranks
-  write their own slices straight into a bucket shared with the owner (shared_memory.py).
-* `collective` (anything else: GPU/NCCL, multi-node): TP all-gather, then point-to-point buckets
-  from each stage to the owner (collective.py).
+Three transports move the bytes (the same split as slime's colocated / distributed weight update),
+auto-selected in this order:
+* `direct` (CPU, the whole replica on one host, an engine whose weights other processes can map:
+  `EmbeddedEngine`): every rank writes its parts straight into the engine's parameters
+  (direct.py). Nothing is bucketed.
+* `shared_memory` (CPU, one host, any other engine): TP ranks write their own slices straight into
+  a bucket shared with the owner, which applies it (shared_memory.py).
+* `collective` (anything else: GPU/NCCL, multi-node): TP parts gathered point-to-point into the
+  bucket, then buckets sent point-to-point from each stage to the owner (collective.py).
 """
 import os
 import socket
@@ -29,11 +33,13 @@ from megatron.core import parallel_state as mpu
 
 from superrl.models.architecture import ModelArch
 from superrl.sync.collective import CollectiveTransport
+from superrl.sync.direct import DirectTransport
 from superrl.sync.plan import Bucket
 from superrl.sync.shared_memory import SHM_DIR, SharedMemoryTransport
 
 MB = 2**20
-TRANSPORTS = {"collective": CollectiveTransport, "shared_memory": SharedMemoryTransport}
+BUCKETED = {"collective": CollectiveTransport, "shared_memory": SharedMemoryTransport}
+TRANSPORTS = ("direct", *BUCKETED)
 
 
 @dataclass(frozen=True)
@@ -57,15 +63,28 @@ def replica_on_one_host() -> bool:
     return len(set(hosts)) == 1
 
 
-def choose_transport(model, transport: str) -> str:
+def owner_engine_shares_weights(engine) -> bool:
+    """Collective over the replica: whether its owner's engine offers `shared_weights()`."""
+    group = mpu.get_model_parallel_group()
+    answer = [engine is not None and getattr(engine, "shared_weights", lambda: None)() is not None]
+    dist.broadcast_object_list(answer, src=min(dist.get_process_group_ranks(group)), group=group)
+    return answer[0]
+
+
+def choose_transport(model, transport: str, engine) -> str:
+    if transport not in ("auto", *TRANSPORTS):
+        raise ValueError(f"WeightSync: unknown transport {transport!r}; choose auto, {', '.join(TRANSPORTS)}")
+    # Every rank must take the same branch: the checks below are collective, so they run everywhere.
+    shares = owner_engine_shares_weights(engine)
+    local = replica_on_one_host() and next(model.parameters()).device.type == "cpu"
+    if transport == "direct" and not (shares and local):
+        raise ValueError("WeightSync: transport 'direct' needs CPU weights, the replica on one host and an "
+                         "engine whose weights other processes can map (EmbeddedEngine on CPU, Linux)")
     if transport != "auto":
-        if transport not in TRANSPORTS:
-            raise ValueError(f"WeightSync: unknown transport {transport!r}; choose auto, {', '.join(TRANSPORTS)}")
         return transport
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    # Every rank must take the same branch: the host check is collective, so it runs everywhere.
-    one_host = replica_on_one_host()
-    return "shared_memory" if one_host and on_cpu and os.path.isdir(SHM_DIR) else "collective"
+    if not local:
+        return "collective"
+    return "direct" if shares else ("shared_memory" if os.path.isdir(SHM_DIR) else "collective")
 
 
 class WeightSync:
@@ -73,10 +92,11 @@ class WeightSync:
 
     `engine`: the rollout engine on this replica's owner rank (tp_rank 0, pp_rank 0), None on every
     other rank. `update_weights` gets views into a bucket that is reused afterwards: it must copy.
-    `bucket_mb`: config `rollout.sync_bucket_mb`. `transport`: auto | collective | shared_memory.
+    `bucket_mb`: config `rollout.sync_bucket_mb` (bucketed transports). `transport`: auto | direct |
+    shared_memory | collective.
     """
 
-    def __init__(self, model, arch: ModelArch, engine=None, bucket_mb: float = 64, transport: str = "auto"):
+    def __init__(self, model, arch: ModelArch, engine=None, bucket_mb: float = 512, transport: str = "auto"):
         tp_rank, pp_rank = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
         is_owner = tp_rank == 0 and pp_rank == 0
         if is_owner != (engine is not None):
@@ -84,10 +104,15 @@ class WeightSync:
                              f"{'needs' if is_owner else 'must not have'} an engine: the engine lives on "
                              "tp_rank 0 / pp_rank 0 of each data-parallel replica")
         self.engine = engine
-        self.transport = choose_transport(model, transport)
-        self._transport = TRANSPORTS[self.transport](model, arch, int(bucket_mb * MB))
+        self.transport = choose_transport(model, transport, engine)
+        if self.transport == "direct":
+            self._transport = DirectTransport(model, arch, engine)
+            total_numel = self._transport.total_numel
+        else:
+            self._transport = BUCKETED[self.transport](model, arch, int(bucket_mb * MB))
+            total_numel = sum(b.numel for b in self._transport.plan)
         self.plan = self._transport.plan
-        self.total_bytes = sum(b.numel for b in self.plan) * next(model.parameters()).element_size()
+        self.total_bytes = total_numel * next(model.parameters()).element_size()
 
     @torch.no_grad()
     def sync(self) -> SyncStats:

@@ -21,7 +21,7 @@ from superrl.distributed import init_distributed
 from superrl.models.architecture import load_arch
 from superrl.models.gpt import build_policy_model
 from superrl.rollout import EmbeddedEngine
-from superrl.sync import WeightSync
+from superrl.sync import WeightSync, build_plan
 from superrl.weights.load import load_hf_weights
 
 
@@ -32,10 +32,24 @@ def resident_bytes(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def measure_sync(make_sync, repeats: int) -> dict:
+def engine_weights_resident_bytes() -> int:
+    """Resident pages of this process's mappings of the engine's weights (its memfd arena)."""
+    total, in_arena = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            in_arena = "superrl-engine-weights" in line
+        elif in_arena and fields[0] == "Rss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
+def measure_sync(make_sync, repeats: int, largest_tensor_bytes: int) -> dict:
     """Build a WeightSync (its buffers count: the shared-memory one maps its bucket up front) and
-    sync `repeats` times; peak extra memory over all of it, best time."""
+    sync `repeats` times; peak extra memory over all of it, best time. Pages of the engine's own
+    weights that a rank maps and writes (the direct transport) are not extra memory: not counted."""
     dist.barrier()
+    arena_baseline = engine_weights_resident_bytes()
     baseline = resident_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     sync = make_sync()
@@ -43,9 +57,10 @@ def measure_sync(make_sync, repeats: int) -> dict:
     for _ in range(repeats):
         dist.barrier()  # all ranks start together; the sync ends when the owner has applied everything
         seconds.append(sync.sync().seconds)
-    return {"seconds": min(seconds), "peak_extra_bytes": resident_bytes("VmHWM") - baseline,
-            "bytes": sync.total_bytes, "buckets": len(sync.plan),
-            "largest_tensor_bytes": max(s.numel for b in sync.plan for s in b.slots) * 4}
+    peak = resident_bytes("VmHWM")  # before reading smaps: its text is megabytes of Python string
+    arena_growth = engine_weights_resident_bytes() - arena_baseline  # it only grows while mapped
+    return {"seconds": min(seconds), "peak_extra_bytes": peak - baseline - arena_growth,
+            "bytes": sync.total_bytes, "buckets": len(sync.plan), "largest_tensor_bytes": largest_tensor_bytes}
 
 
 def memcpy_seconds(nbytes: int, repeats: int) -> float:
@@ -65,7 +80,7 @@ def main():
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--bucket-mb", type=float, nargs="+", required=True)
-    p.add_argument("--transports", nargs="+", default=["collective", "shared_memory"])
+    p.add_argument("--transports", nargs="+", default=["collective", "shared_memory", "direct"])
     p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args()
     arch = load_arch(args.hf_dir)
@@ -74,12 +89,13 @@ def main():
     model = build_policy_model(arch, args.tp, args.pp, padded_vocab, "off")
     load_hf_weights(model, args.hf_dir, arch, padded_vocab)
     engine = EmbeddedEngine(args.hf_dir) if ctx.tp_rank == 0 and ctx.pp_rank == 0 else None
+    largest = max(slot.numel for b in build_plan(arch, args.pp, 2**40, 4) for slot in b.slots) * 4
     results = []
     for transport in args.transports:
         WeightSync(model, arch, engine, args.bucket_mb[0], transport).sync()  # warm-up, unmeasured
-        for bucket_mb in args.bucket_mb:
+        for bucket_mb in args.bucket_mb if transport != "direct" else args.bucket_mb[:1]:  # nothing bucketed
             make_sync = partial(WeightSync, model, arch, engine, bucket_mb, transport)
-            results.append({"transport": transport, "bucket_mb": bucket_mb, **measure_sync(make_sync, args.repeats)})
+            results.append({"transport": transport, "bucket_mb": bucket_mb, **measure_sync(make_sync, args.repeats, largest)})
     dist.barrier()
     memcpy = memcpy_seconds(results[0]["bytes"], max(10, args.repeats)) if ctx.rank == 0 else None
     write_result({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank,
