@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from superrl.rollout import Completion, EmbeddedEngine, SamplingParams
+from superrl.rollout import Completion, EmbeddedEngine, SamplingParams, gemm
 
 # Different lengths in one batch; 6 prompts through 2 slots exercises continuous batching.
 PROMPTS = [[1, 17, 42, 99, 7], [1, 300], [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [1],
@@ -25,6 +25,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="module", params=["onednn", "transposed"])
+def gemm_backend(request):
+    """Every test runs on both GEMM backends (gemm.py): oneDNN is what this CPU box picks (here for
+    every product: the tiny test models' products are all below its size threshold), the
+    transposed-copy one is what CPUs without it (and, as views, GPUs) run."""
+    if request.param == "onednn" and not gemm.onednn_linear_works(torch.float32):
+        pytest.skip("torch has no working oneDNN linear here")
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "transposed":
+            patch.setattr(gemm, "onednn_linear_works", lambda dtype: False)
+        else:
+            patch.setattr(gemm, "ONEDNN_MIN_MACS", 0)
+        yield request.param
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def model_dir(request):
     return request.getfixturevalue(f"tiny_{request.param}")
@@ -36,7 +51,7 @@ def hf_model(model_dir):
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir):
+def engine(model_dir, gemm_backend):
     return EmbeddedEngine(model_dir, max_batch_size=2)
 
 
@@ -179,8 +194,13 @@ def test_bad_prompts_are_rejected(tiny_llama):
         engine.generate([[]], greedy())
 
 
+def test_engine_runs_the_backend_under_test(engine, gemm_backend):
+    expected = gemm.OneDNNGemm if gemm_backend == "onednn" else gemm.TransposedGemm
+    assert type(engine.decoder.gemm) is expected
+
+
 def test_writes_through_state_dict_views_reach_the_forward(model_dir):
-    """The forward multiplies by derived [in, out] copies of the weights (matmul_layout.py); a
+    """The transposed backend multiplies by derived [in, out] copies of the weights (gemm.py); a
     write through a `state_dict()` view, not only `update_weights`, must reach them."""
     engine = EmbeddedEngine(model_dir, max_batch_size=4)
     engine.generate(PROMPTS, greedy(), ignore_eos=True)  # the copies exist before the write

@@ -5,8 +5,8 @@ attention), so greedy decoding reproduces HF token for token and log-probs agree
 
 Where the CPU time goes (llama-small, batch 32; see bench/rollout.py): decode is bound by
 streaming the weights and the KV cache through memory every step, so the forward avoids extra
-passes -- GEMM operands in the layout MKL reads fastest cold (matmul_layout.py), one cache write
-per layer (kv_cache.py), rotary embedding in place, attention straight off cache views.
+passes -- the fastest GEMM backend for the device (gemm.py), one cache write per layer
+(kv_cache.py), rotary embedding in place, attention straight off cache views.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from superrl.rollout.attention import DecodeAttention, PrefillAttention
 from superrl.rollout.decoder_weights import DecoderWeights, LayerWeights
 from superrl.rollout.kv_cache import KVCache
-from superrl.rollout.matmul_layout import LayerOperands, MatmulLayout
+from superrl.rollout.gemm import LayerOperands, make_gemm
 from superrl.rollout.rope import apply_rope_, cos_sin_table
 
 
@@ -30,16 +30,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, eps_tensor: torc
         return (x * inverse_rms).mul_(weight)
     normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)  # half precision: float32 statistics, as HF
     return weight * normed.to(x.dtype)
-
-
-def matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x @ weight (+ bias), weight in [in, out] layout (matmul_layout.py)."""
-    return x @ weight if bias is None else torch.addmm(bias, x, weight)
-
-
-def matmul_plus(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """residual + x @ weight in one GEMM call (x and residual 2-D)."""
-    return torch.addmm(residual, x, weight)
 
 
 @dataclass
@@ -67,7 +57,7 @@ class Decoder:
     def __init__(self, weights: DecoderWeights):
         self.w = weights
         self.cfg = weights.cfg
-        self.operands = MatmulLayout(weights)
+        self.gemm = make_gemm(weights)
         self.rope_table = weights.embed.new_empty(0, 2, self.cfg.head_dim)  # [positions, (cos, signed sin), D]
         self._eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=weights.embed.device)
 
@@ -88,30 +78,30 @@ class Decoder:
 
     def refresh_weights(self) -> None:
         """Call before a forward pass: picks up weights written since the last one."""
-        self.operands.refresh()
+        self.gemm.refresh()
 
     def _layers(self):
-        return zip(self.w.layers, self.operands.layers)
+        return zip(self.w.layers, self.gemm.layers)
 
     def _qkv(self, x, layer: LayerWeights, operands: LayerOperands, cos, signed_sin) -> torch.Tensor:
         """First half of a layer on tokens x [N, hidden]: the projections [N, heads + 2 * kv_heads,
         head_dim] (q heads, k heads, v heads) with q and k rotated."""
         cfg = self.cfg
         h = self._norm(x, layer.input_norm)
-        qkv = matmul(h, operands.qkv, operands.qkv_bias).unflatten(-1, (-1, cfg.head_dim))
+        qkv = self.gemm.linear(h, operands.qkv, operands.qkv_bias).unflatten(-1, (-1, cfg.head_dim))
         apply_rope_(qkv[:, :cfg.num_heads + cfg.num_kv_heads], cos, signed_sin)  # q and k at once
         return qkv
 
     def _finish(self, x, attended, layer: LayerWeights, operands: LayerOperands) -> torch.Tensor:
         """Second half of a layer: output projection and MLP, both with their residual adds."""
-        x = matmul_plus(x, attended, operands.o_proj)
+        x = self.gemm.linear_plus(x, attended, operands.o_proj)
         h = self._norm(x, layer.post_norm)
-        gate, up = matmul(h, operands.gate_up).chunk(2, dim=-1)
-        return matmul_plus(x, F.silu(gate).mul_(up), operands.down_proj)
+        gate, up = self.gemm.linear(h, operands.gate_up).chunk(2, dim=-1)
+        return self.gemm.linear_plus(x, F.silu(gate).mul_(up), operands.down_proj)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         h = self._norm(x, self.w.final_norm)
-        return matmul(h, self.operands.lm_head).float()
+        return self.gemm.linear(h, self.gemm.lm_head).float()
 
     def prefill(self, prompts: PackedPrompts, cache: KVCache) -> torch.Tensor:
         """Run whole prompts, write their keys/values into cache rows `prompts.slots`, and return

@@ -11,8 +11,9 @@ the next request (continuous batching). Sampling randomness is a function of (se
 sample index, step) only -- see sampler.py -- so a seeded call returns the same tokens whatever
 `max_batch_size` is.
 
-Memory: on CPU the forward multiplies by a second, [in, out]-layout copy of the GEMM weights
-(faster to stream, see matmul_layout.py), refreshed lazily after `update_weights`.
+GEMMs: oneDNN straight off the live weights on CPU where torch has it; otherwise (a CPU without
+it) a second, [in, out]-layout copy of the GEMM weights, refreshed lazily after weight updates
+(gemm.py).
 
 Returned log-probs are log pi(token) under the model's RAW distribution (temperature 1, no top-k /
 top-p filtering): the quantity the trainer recomputes as the old-policy log-prob for the PPO ratio.
@@ -62,9 +63,9 @@ class EmbeddedEngine:
         return self.weights.shared()
 
     def weights_written(self) -> None:
-        """Writes from other processes bypass the version counters that keep the GEMM operand
-        copies current (matmul_layout.py): re-derive them all before the next forward."""
-        self.decoder.operands.invalidate()
+        """Writes from other processes bypass the version counters that keep derived GEMM operands
+        current (gemm.py): re-derive them all before the next forward."""
+        self.decoder.gemm.invalidate()
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable) -> None:
