@@ -3,13 +3,12 @@
 Numerics follow `transformers` (float32 RMSNorm statistics, float32 RoPE tables, softmax
 attention), so greedy decoding reproduces HF token for token and log-probs agree to float rounding.
 
-Where the CPU time goes (llama-small, batch 32; see bench/rollout.py): decode is bound by
-streaming the weights and the KV cache through memory every step, so the forward avoids extra
-passes -- the fastest GEMM backend for the device (gemm.py), one cache write per layer
-(kv_cache.py), rotary embedding in place, attention straight off cache views.
+Where the CPU time goes (llama-small, batch 32; `bench/rollout.py --profile`): the GEMMs (run by
+the fastest backend for the device, gemm.py), decode attention reading the KV cache, and the
+per-op cost of ~180 small ops per decode step. So the forward avoids extra ops and passes: one
+cache write per layer (kv_cache.py), rotary embedding in place, attention straight off cache views.
 """
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
