@@ -53,10 +53,11 @@ class PackedPrompts:
 
 
 class Decoder:
-    def __init__(self, weights: DecoderWeights):
+    def __init__(self, weights: DecoderWeights, max_rows: int):
+        """max_rows: the most rows a decode step has (the engine's batch slots)."""
         self.w = weights
         self.cfg = weights.cfg
-        self.gemm = make_gemm(weights)
+        self.gemm = make_gemm(weights, max_rows)
         self.rope_table = weights.embed.new_empty(0, 2, self.cfg.head_dim)  # [positions, (cos, signed sin), D]
         self._eps = torch.tensor(self.cfg.rms_norm_eps, dtype=torch.float32, device=weights.embed.device)
 

@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 import torch
 
 from superrl.rollout.decoder import Decoder, PackedPrompts
+from superrl.rollout.gemm import decode_rows
 from superrl.rollout.decoder_weights import DecoderWeights
 from superrl.rollout.hf_checkpoint import load_tensors, parse_dtype, read_config
 from superrl.rollout.kv_cache import KVCache
@@ -48,7 +49,7 @@ class EmbeddedEngine:
         self.weights = DecoderWeights(self.config, self.dtype, self.device, shared=can_share(self.device))
         with torch.no_grad():
             self.weights.load(load_tensors(model_dir))
-        self.decoder = Decoder(self.weights)
+        self.decoder = Decoder(self.weights, self.max_batch_size)
         self.cache: Optional[KVCache] = None
         self._generator = torch.Generator().manual_seed(seed)  # seeds for calls without params.seed
 
@@ -145,9 +146,10 @@ class EmbeddedEngine:
         moves = scheduler.compact()
         if moves:
             self.cache.move(*zip(*moves))
-        rows = scheduler.rows
-        # Idle rows below the highest running slot decode a dummy token at position 0 of their
-        # own (free) slot; their results are ignored and a later prefill overwrites the entry.
+        rows = decode_rows(scheduler.rows, self.cache.slots)
+        # Idle rows (free slots below the highest running one, and up to the row rounding of
+        # `decode_rows`) decode a dummy token at position 0 of their own slot; their results are
+        # ignored and a later prefill overwrites the entry.
         inputs = [0] * (4 * rows)  # flat: one torch.tensor call on a flat list is the cheap one
         for slot, seq in scheduler.running.items():
             inputs[4 * slot: 4 * slot + 4] = seq.tokens[-1], seq.next_position, seq.seed, len(seq.tokens)

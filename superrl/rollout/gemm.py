@@ -3,7 +3,7 @@
 
 * `OneDNNGemm` (CPU, float32 / bf16 / fp16, torch built with oneDNN): oneDNN's JIT GEMM through
   `torch.ops.mkldnn._linear_pointwise`, straight off the HF-layout weights, the residual add fused
-  (tiny products stay on MKL, see the class).
+  (small products and unbounded shape sets stay on MKL, see the class).
   Measured on this project's CPU box (AMD EPYC, AVX-512): half the time of torch's default MKL
   sgemm for every row count from 8 to 1392 at llama-small shapes (MKL takes a slower code path
   on AMD). The op is internal to torch (inductor's CPU linear), so it is probed at start-up and
@@ -51,23 +51,32 @@ def _layer_operands(weights: DecoderWeights, operands: list) -> list:
 
 
 class OneDNNGemm:
-    """Products below ONEDNN_MIN_MACS go to MKL: oneDNN's call costs ~8 us more, which only a
-    product of about 2M multiply-adds earns back (32 rows x 128 x 768: 30 us vs MKL's 42; at
-    32 x 128 x 256: 18 vs 15)."""
+    """oneDNN builds (and keeps) a primitive per input shape, ~0.6 MB each: a shape per prefill
+    length would grow memory without bound. So only row counts that are multiples of ROW_MULTIPLE
+    up to `max_rows` (the engine's batch slots; decode rows are rounded up to match) run on oneDNN:
+    a fixed, small set of shapes. Other row counts, and products below ONEDNN_MIN_MACS (oneDNN's
+    call costs ~8 us more, which a product of ~2M multiply-adds earns back: 32 x 128 x 768 took
+    30 us vs MKL's 42, 32 x 128 x 256 took 18 vs 15), run on MKL."""
 
-    def __init__(self, weights: DecoderWeights):
+    ROW_MULTIPLE = 8
+
+    def __init__(self, weights: DecoderWeights, max_rows: int):
         self.lm_head = weights.lm_head
         self.layers = _layer_operands(weights, _gemm_weights(weights))
+        self.max_rows = max_rows
 
-    @staticmethod
-    def linear(x, weight, bias=None):
-        if x.shape[0] * weight.numel() < ONEDNN_MIN_MACS:
+    def _on_onednn(self, x, weight) -> bool:
+        rows = x.shape[0]
+        return (rows % self.ROW_MULTIPLE == 0 and rows <= self.max_rows
+                and rows * weight.numel() >= ONEDNN_MIN_MACS)
+
+    def linear(self, x, weight, bias=None):
+        if not self._on_onednn(x, weight):
             return F.linear(x, weight, bias)
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
-    @staticmethod
-    def linear_plus(residual, x, weight):
-        if x.shape[0] * weight.numel() < ONEDNN_MIN_MACS:
+    def linear_plus(self, residual, x, weight):
+        if not self._on_onednn(x, weight):
             return torch.addmm(residual, x, weight.t())
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
 
@@ -125,11 +134,11 @@ def onednn_linear_works(dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     generator = torch.Generator().manual_seed(0)
-    x, weight, residual = (torch.randn(shape, generator=generator).to(dtype)
-                           for shape in ((64, 256), (128, 256), (64, 128)))  # above ONEDNN_MIN_MACS
+    x, weight, residual = (torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 24), (16, 24), (5, 16)))
     try:
         with torch.no_grad():
-            plain, fused = OneDNNGemm.linear(x, weight), OneDNNGemm.linear_plus(residual, x, weight)
+            plain = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+            fused = torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
     except (AttributeError, RuntimeError):
         return False
     reference = (x.float() @ weight.float().t())
@@ -138,8 +147,16 @@ def onednn_linear_works(dtype: torch.dtype) -> bool:
                 and torch.allclose(fused.float(), reference + residual.float(), atol=tolerance))
 
 
-def make_gemm(weights: DecoderWeights):
+def make_gemm(weights: DecoderWeights, max_rows: int):
+    """max_rows: the most rows a decode step has (the engine's batch slots)."""
     dtype, device = weights.embed.dtype, weights.embed.device
     if device.type == "cpu" and dtype in _ONEDNN_DTYPES and onednn_linear_works(dtype):
-        return OneDNNGemm(weights)
+        return OneDNNGemm(weights, max_rows)
     return TransposedGemm(weights)
+
+
+def decode_rows(rows: int, slots: int) -> int:
+    """Rows a decode step runs: rounded up to OneDNNGemm.ROW_MULTIPLE (idle rows are free cache
+    slots), so decode keeps to the few shapes oneDNN runs; never more than the cache has."""
+    multiple = OneDNNGemm.ROW_MULTIPLE
+    return min(-(-rows // multiple) * multiple, slots)
