@@ -1,4 +1,4 @@
-"""Weight sync: the trainer's megatron shards -> full HF-named tensors -> the rollout engine, in buckets.
+"""Weight sync: the trainer's megatron shards -> full HF-named tensors -> the rollout engine.
 
     sync = WeightSync(state.model, arch, engine if owner else None, bucket_mb=config.rollout.sync_bucket_mb)
     stats = sync.sync()  # every trainer rank, after each optimizer step
@@ -6,11 +6,12 @@
 
 Topology: one engine per data-parallel replica, on the replica's rank with tp_rank == 0 and
 pp_rank == 0 (the *owner*); every other rank passes `engine=None`. Each PP stage exports its own
-layers, named with global layer indices, through the shared HF<->megatron mapping, and delivers
-them to the owner in the flat buckets of a plan that every rank derives from the architecture alone
-(plan.py), so no metadata is exchanged. The owner applies bucket by bucket: `engine.update_weights`
-on views into the flat bucket. The engine receives full tensors, so its own tensor parallelism
-(e.g. vLLM's) may differ from the trainer's.
+layers, named with global layer indices, through the shared HF<->megatron mapping. The bucketed
+transports deliver them to the owner in the flat buckets of a plan that every rank derives from
+the architecture alone (plan.py), so no metadata is exchanged, and the owner applies bucket by
+bucket: `engine.update_weights` on views into the flat bucket. The `direct` transport instead
+writes every part into the engine's own parameters. Either way the engine holds full tensors, so
+its own tensor parallelism (e.g. vLLM's) may differ from the trainer's.
 
 Three transports move the bytes (the same split as slime's colocated / distributed weight update),
 auto-selected in this order:
