@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+MEMFD_NAME = "superrl-engine-weights"  # how the arena shows in /proc/<pid>/maps (memfd:<name>)
+
 
 @dataclass(frozen=True)
 class SharedWeights:
@@ -36,7 +38,7 @@ class MemfdArena:
     """A flat tensor of `numel` elements in a memfd, mapped shared into this process."""
 
     def __init__(self, numel: int, dtype: torch.dtype):
-        self.fd = os.memfd_create("superrl-engine-weights")
+        self.fd = os.memfd_create(MEMFD_NAME)
         element_size = torch.empty(0, dtype=dtype).element_size()
         os.ftruncate(self.fd, max(1, numel) * element_size)
         self.tensor = torch.from_file(f"/proc/self/fd/{self.fd}", shared=True, size=numel, dtype=dtype)

@@ -64,19 +64,21 @@ def replica_on_one_host() -> bool:
     return len(set(hosts)) == 1
 
 
-def owner_engine_shares_weights(engine) -> bool:
-    """Collective over the replica: whether its owner's engine offers `shared_weights()`."""
+def owner_shared_weights(engine):
+    """Collective over the replica: its owner's `engine.shared_weights()` (None when the engine
+    offers none), on every rank."""
     group = mpu.get_model_parallel_group()
-    answer = [engine is not None and getattr(engine, "shared_weights", lambda: None)() is not None]
-    dist.broadcast_object_list(answer, src=min(dist.get_process_group_ranks(group)), group=group)
-    return answer[0]
+    handle = [getattr(engine, "shared_weights", lambda: None)() if engine is not None else None]
+    dist.broadcast_object_list(handle, src=min(dist.get_process_group_ranks(group)), group=group)
+    return handle[0]
 
 
-def choose_transport(model, transport: str, engine) -> str:
+def choose_transport(model, transport: str, shared_weights) -> str:
+    """shared_weights: `owner_shared_weights(engine)`."""
     if transport not in ("auto", *TRANSPORTS):
         raise ValueError(f"WeightSync: unknown transport {transport!r}; choose auto, {', '.join(TRANSPORTS)}")
     # Every rank must take the same branch: the checks below are collective, so they run everywhere.
-    shares = owner_engine_shares_weights(engine)
+    shares = shared_weights is not None
     local = replica_on_one_host() and next(model.parameters()).device.type == "cpu"
     if transport == "direct" and not (shares and local):
         raise ValueError("WeightSync: transport 'direct' needs CPU weights, the replica on one host and an "
@@ -105,9 +107,10 @@ class WeightSync:
                              f"{'needs' if is_owner else 'must not have'} an engine: the engine lives on "
                              "tp_rank 0 / pp_rank 0 of each data-parallel replica")
         self.engine = engine
-        self.transport = choose_transport(model, transport, engine)
+        shared_weights = owner_shared_weights(engine)
+        self.transport = choose_transport(model, transport, shared_weights)
         if self.transport == "direct":
-            self._transport = DirectTransport(model, arch, engine)
+            self._transport = DirectTransport(model, arch, engine, shared_weights)
             total_numel = self._transport.total_numel
         else:
             self._transport = BUCKETED[self.transport](model, arch, int(bucket_mb * MB))

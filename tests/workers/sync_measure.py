@@ -21,6 +21,7 @@ from superrl.distributed import init_distributed
 from superrl.models.architecture import load_arch
 from superrl.models.gpt import build_policy_model
 from superrl.rollout import EmbeddedEngine
+from superrl.rollout.shared_weights import MEMFD_NAME
 from superrl.sync import WeightSync, build_plan
 from superrl.weights.load import load_hf_weights
 
@@ -38,7 +39,7 @@ def engine_weights_resident_bytes() -> int:
     for line in Path("/proc/self/smaps").read_text().splitlines():
         fields = line.split()
         if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-            in_arena = "superrl-engine-weights" in line
+            in_arena = MEMFD_NAME in line
         elif in_arena and fields[0] == "Rss:":
             total += int(fields[1]) * 1024
     return total
