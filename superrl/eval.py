@@ -11,7 +11,7 @@ import sys
 
 from superrl.config import load_config, validate_context_length, validate_parallelism
 from superrl.distributed import destroy_distributed, init_distributed, world_size_from_env
-from superrl.models.architecture import load_arch
+from superrl.hf_config import load_arch
 
 
 def main(argv=None) -> int:

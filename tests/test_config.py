@@ -2,7 +2,7 @@
 import pytest
 
 from superrl.config import ConfigError, load_config, validate_parallelism
-from superrl.models.architecture import UnsupportedModelError, arch_from_hf_config
+from superrl.hf_config import UnsupportedModelError, arch_from_hf_config
 
 HF = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 6,
       "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 128,

@@ -21,7 +21,8 @@ import convert_hf_to_megatron
 import convert_megatron_to_hf
 from dist_harness import REPO_ROOT, run_torchrun
 from superrl.config import ConfigError
-from superrl.weights.hf_checkpoint import CheckpointError, HFCheckpointReader
+from superrl.weights.checkpoint_manifest import CheckpointError
+from superrl.weights.hf_safetensors import HFCheckpointReader
 from superrl.weights.megatron_checkpoint import HF_FILES_DIR, read_checkpoint_metadata
 
 TOL = 1e-5

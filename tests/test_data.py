@@ -160,7 +160,7 @@ def test_skip_bad_rows_counts_them_and_keeps_line_numbers(tmp_path):
 
 def test_skipped_rows_are_logged_with_their_cause(tmp_path, caplog):
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD_GSM8K, *(bad for bad, _ in MALFORMED)])
-    with caplog.at_level(logging.WARNING, logger="superrl.data.loading"):
+    with caplog.at_level(logging.WARNING, logger="superrl.data.row_files"):
         load_rows([path], skip_bad_rows=True)
     [record] = caplog.records
     text = record.getMessage()

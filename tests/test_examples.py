@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from superrl.config import load_config, validate_parallelism
-from superrl.models.architecture import arch_from_hf_config
+from superrl.hf_config import arch_from_hf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

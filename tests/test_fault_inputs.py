@@ -14,7 +14,7 @@ from test_algorithms_dp import run_threads
 from trainer_runs import make_arith_files, start_training, train, write_config
 from superrl.algorithms import grpo_advantages, reinforce_pp_advantages, rloo_advantages
 from superrl.config import ConfigError, load_config, validate_context_length
-from superrl.models.architecture import load_arch
+from superrl.hf_config import load_arch
 from superrl.rollout import EmbeddedEngine, SamplingParams
 from superrl.trainer.batching import ROLLOUT, Row, pack_micro_batches, target_mask
 from superrl.trainer.metrics import read_metrics

@@ -4,7 +4,7 @@ import pytest
 from safetensors import safe_open
 
 from dist_harness import run_torchrun
-from superrl.models.architecture import load_arch
+from superrl.hf_config import load_arch
 from superrl.sync import build_plan
 
 TOL = 1e-5

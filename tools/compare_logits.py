@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from convert_hf_to_megatron import check_layout, exit_on_user_error, in_torchrun, run_under_torchrun, world_size  # noqa: E402,E501
 from superrl.distributed import destroy_distributed, init_distributed  # noqa: E402
-from superrl.models.architecture import ModelArch, load_arch  # noqa: E402
+from superrl.hf_config import ModelArch, load_arch  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
 from superrl.weights.megatron_checkpoint import check_same_model, load_model_checkpoint, read_checkpoint_metadata  # noqa: E402,E501
 

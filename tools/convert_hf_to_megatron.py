@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from superrl.config import Config, ConfigError, ParallelConfig, validate_parallelism  # noqa: E402
 from superrl.distributed import destroy_distributed, init_distributed  # noqa: E402
-from superrl.models.architecture import ModelArch, UnsupportedModelError, load_arch  # noqa: E402
+from superrl.hf_config import ModelArch, UnsupportedModelError, load_arch  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
-from superrl.weights.hf_checkpoint import CheckpointError, HFCheckpointReader, check_hf_checkpoint  # noqa: E402
+from superrl.weights.checkpoint_manifest import CheckpointError  # noqa: E402
+from superrl.weights.hf_safetensors import HFCheckpointReader, check_hf_checkpoint  # noqa: E402
 from superrl.weights.load import load_hf_weights  # noqa: E402
 from superrl.weights.megatron_checkpoint import (HF_FILES_DIR, checkpoint_metadata, copy_hf_files,  # noqa: E402
                                                  save_model_checkpoint)

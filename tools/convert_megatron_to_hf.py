@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from convert_hf_to_megatron import exit_on_user_error  # noqa: E402
 from superrl.distributed import destroy_distributed, init_distributed  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
-from superrl.weights.hf_checkpoint import write_sharded  # noqa: E402
+from superrl.weights.hf_safetensors import write_sharded  # noqa: E402
 from superrl.weights.load import export_hf_weights  # noqa: E402
 from superrl.weights.megatron_checkpoint import (HF_FILES_DIR, checkpoint_arch, copy_hf_files,  # noqa: E402
                                                  load_model_checkpoint, read_checkpoint_metadata)

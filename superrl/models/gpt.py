@@ -15,7 +15,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer import TransformerConfig
 
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
 from superrl.ops import FP8OutputLayer, FP8Recipe, fused_linear_logprobs_and_entropy
 
 

@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from superrl.rollout.hf_checkpoint import DecoderConfig
+from superrl.rollout.hf_tensors import DecoderConfig
 from superrl.rollout.shared_weights import MemfdArena, SharedWeights
 
 LM_HEAD = "lm_head.weight"

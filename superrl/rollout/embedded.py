@@ -25,7 +25,7 @@ import torch
 from superrl.rollout.decoder import Decoder, PackedPrompts
 from superrl.rollout.decoder_weights import DecoderWeights
 from superrl.rollout.gemm import decode_rows
-from superrl.rollout.hf_checkpoint import load_tensors, parse_dtype, read_config
+from superrl.rollout.hf_tensors import load_tensors, parse_dtype, read_config
 from superrl.rollout.kv_cache import KVCache
 from superrl.rollout.sampler import Sampler, sequence_seeds
 from superrl.rollout.scheduler import Sequence, SlotScheduler

@@ -1,7 +1,7 @@
 """Preallocated key/value cache: one row ("slot") per running sequence, reused across requests."""
 import torch
 
-from superrl.rollout.hf_checkpoint import DecoderConfig
+from superrl.rollout.hf_tensors import DecoderConfig
 
 
 class KVCache:

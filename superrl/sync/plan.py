@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
 from superrl.weights import mapping
 
 

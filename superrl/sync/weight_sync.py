@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
 from superrl.sync.collective import CollectiveTransport
 from superrl.sync.direct import DirectTransport
 from superrl.sync.plan import Bucket

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
 from torch.distributed.checkpoint.api import CheckpointException
 
-from superrl.weights.hf_checkpoint import CheckpointError
+from superrl.weights.checkpoint_manifest import CheckpointError
 from superrl.weights.safe_unpickle import load_plain_data
 from superrl.weights.megatron_checkpoint import (DIST_CKPT_DIR, HF_FILES_DIR, METADATA_FILE, check_same_model,
                                                  copy_hf_files, model_tensors, read_checkpoint_metadata,

@@ -12,7 +12,7 @@ from superrl.algorithms.switch import AdaptiveSwitch
 from superrl.config import Config, ConfigError
 from superrl.data import PromptDataLoader, build_examples, load_rows
 from superrl.distributed import ParallelContext
-from superrl.models.architecture import ModelArch, read_hf_config
+from superrl.hf_config import ModelArch, read_hf_config
 from superrl.rewards.scorer import RewardScorer
 from superrl.trainer import actor_update, batching, checkpoint
 from superrl.trainer.engine_setup import build_engine

@@ -7,7 +7,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from superrl.config import Config
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
 from superrl.models.gpt import build_policy_model
 from superrl.weights.load import load_hf_weights
 from superrl.weights.megatron_checkpoint import load_model_checkpoint

@@ -10,7 +10,10 @@ import zlib
 
 import torch.distributed as dist
 
-from superrl.weights.hf_checkpoint import CheckpointError
+
+class CheckpointError(ValueError):
+    """A checkpoint (HF or megatron) that is missing, damaged, or from another model."""
+
 
 _READ_CHUNK = 16 * 2**20
 

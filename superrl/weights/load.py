@@ -3,9 +3,10 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
 from superrl.weights import mapping
-from superrl.weights.hf_checkpoint import CheckpointError, HFCheckpointReader, check_hf_checkpoint
+from superrl.weights.checkpoint_manifest import CheckpointError
+from superrl.weights.hf_safetensors import HFCheckpointReader, check_hf_checkpoint
 
 
 def unwrap_model(model):

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,9 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.validation import StrictHandling
 
-from superrl.models.architecture import ModelArch, arch_from_hf_config
-from superrl.weights.checkpoint_manifest import build_manifest, verify_manifest
+from superrl.hf_config import ModelArch, arch_from_hf_config
+from superrl.weights.checkpoint_manifest import CheckpointError, build_manifest, verify_manifest
 from superrl.weights.safe_unpickle import check_pickled_files
-from superrl.weights.hf_checkpoint import CheckpointError
 from superrl.weights.load import unwrap_model
 
 FORMAT = "superrl-megatron-v1"

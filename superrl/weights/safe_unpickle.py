@@ -12,7 +12,7 @@ import pickle
 
 import torch
 
-from superrl.weights.hf_checkpoint import CheckpointError
+from superrl.weights.checkpoint_manifest import CheckpointError
 
 DCP_METADATA_FILE = ".metadata"
 COMMON_STATE_FILE = "common.pt"

@@ -16,9 +16,9 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 from compare_logits import checkpoint_logits, hf_logits, random_tokens  # noqa: E402
 from convert_hf_to_megatron import check_layout, convert  # noqa: E402
 from superrl.distributed import init_distributed, seed_everything  # noqa: E402
-from superrl.models.architecture import load_arch  # noqa: E402
+from superrl.hf_config import load_arch  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
-from superrl.weights.hf_checkpoint import CheckpointError  # noqa: E402
+from superrl.weights.checkpoint_manifest import CheckpointError  # noqa: E402
 from superrl.weights.megatron_checkpoint import load_model_checkpoint  # noqa: E402
 
 CONVERT_LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]

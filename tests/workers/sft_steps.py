@@ -6,7 +6,7 @@ import torch
 from dist_harness import write_result
 from superrl.config import load_config, validate_parallelism
 from superrl.distributed import init_distributed, world_size_from_env
-from superrl.models.architecture import load_arch
+from superrl.hf_config import load_arch
 from superrl.trainer.model_setup import build_train_state
 from superrl.algorithms.counts import all_reduce_sum
 from superrl.trainer.step import IGNORE, MicroBatch, sft_loss_fn, train_step

@@ -19,7 +19,7 @@ from dist_harness import write_result
 from sft_steps import fixed_batch
 from superrl.config import load_config, validate_parallelism
 from superrl.distributed import init_distributed, world_size_from_env
-from superrl.models.architecture import load_arch
+from superrl.hf_config import load_arch
 from superrl.rollout import EmbeddedEngine, SamplingParams
 from superrl.sync import WeightSync
 from superrl.trainer.model_setup import build_train_state

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from dist_harness import write_result
 from superrl.distributed import init_distributed
-from superrl.models.architecture import load_arch
+from superrl.hf_config import load_arch
 from superrl.models.gpt import build_policy_model
 from superrl.rollout import EmbeddedEngine
 from superrl.rollout.shared_weights import MEMFD_NAME

@@ -11,15 +11,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from superrl.models.architecture import ModelArch
+from superrl.hf_config import ModelArch
+from superrl.weights.checkpoint_manifest import CheckpointError
 from superrl.weights import mapping
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 class HFCheckpointReader:
