@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from superrl.ops import (FP8OutputLayer, FP8Recipe, FP8Scaling, fp8_fused_linear_logprobs_and_entropy,
-                         fp8_linear, fused_linear_logprobs_and_entropy, logprobs_and_entropy)
+                         fused_linear_logprobs_and_entropy, logprobs_and_entropy)
 from superrl.ops.fp8_projection import scaled_matmul
 from test_ops import CHUNK, make_inputs
 
@@ -129,20 +129,18 @@ def test_scale_is_delayed_by_one_step_and_saturates():
     assert float(hidden_q.abs().max()) == pytest.approx(E4M3_MAX / step1_scale)  # saturated
 
 
-def test_fp8_linear_and_output_layer_on_cpu():
+def test_output_layer_is_the_fused_fp8_path_on_its_own_scaling_state():
     inputs = fp8_inputs()
+    hidden, weight, targets = inputs["hidden"], inputs["weight"], inputs["targets"]
     layer = FP8OutputLayer(FP8Recipe(amax_history_len=2))
-    hidden = inputs["hidden"].view(1, *inputs["hidden"].shape).requires_grad_()
-    logits = layer(hidden, inputs["weight"])
-    expected = dequantised(inputs["hidden"], torch.float8_e4m3fn) @ dequantised(
-        inputs["weight"], torch.float8_e4m3fn).t()
-    torch.testing.assert_close(logits[0], expected, rtol=0, atol=FLOAT32_SLACK)
-    logits.sum().backward()
-    assert hidden.grad.shape == hidden.shape
+    got = layer.logprobs_and_entropy(hidden, weight, targets, chunk_size=CHUNK)
+    want = fp8_fused_linear_logprobs_and_entropy(hidden, weight, targets, FP8Scaling(FP8Recipe(amax_history_len=2)),
+                                                 chunk_size=CHUNK)
+    for got_value, want_value in zip(got, want):
+        torch.testing.assert_close(got_value, want_value, rtol=0, atol=0)
+    assert float(layer.scaling.input.amax_history[0]) == float(hidden.abs().max())  # recorded in the layer
     assert set(layer.state_dict()) == {f"scaling.{role}.{buffer}" for role in ("input", "weight", "grad_output")
                                        for buffer in ("amax_history", "scale")}
-    with pytest.raises(ValueError, match="do not match"):
-        fp8_linear(inputs["hidden"], inputs["weight"][:, :3], layer.scaling)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"amax_history_len": 0}, "amax_history_len"),
