@@ -3,7 +3,7 @@ of the same bytes, and peak extra memory against the bucket size, for every tran
 writes the engine's weights in place: no bucket size applies).
 
 A random-init Qwen2-style model of ~80 MB (untied 16 MB embedding and lm_head, the largest tensors)
-is written to a temp dir; tests/workers/sync_measure.py (shared with tests/test_sync.py) runs the
+is written to a temp dir; bench/workers/sync_measure.py (shared with tests/test_sync.py) runs the
 syncs: per (transport, bucket size) it builds a WeightSync, syncs `--repeats` times and reports the
 best wall time on the engine owner and every rank's resident high-water mark above its resident
 size before the WeightSync existed (glibc set to mmap every tensor-sized allocation, so freed
@@ -15,19 +15,32 @@ tensors, in the owner's process right after the syncs, single-threaded like the 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT / "tools")]
+WORKER = Path(__file__).resolve().parent / "workers" / "sync_measure.py"
+sys.path.insert(0, str(REPO_ROOT / "tools"))
 
-from dist_harness import run_torchrun  # noqa: E402
 import make_tiny_model  # noqa: E402
 
 MB = 2**20
 MODEL_ARGS = ["--arch", "qwen2", "--hidden", "512", "--layers", "4", "--heads", "8", "--kv-heads", "2",
               "--vocab", "8192"]
+
+
+def run_workers(nproc: int, args: list) -> list:
+    """The sync worker on a `torchrun --standalone` gloo world on CPU; one result per rank."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as result_dir:
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                        str(WORKER), "--result-dir", result_dir, *map(str, args)],
+                       env=env, cwd=REPO_ROOT, check=True)
+        return [json.loads(Path(result_dir, f"rank{rank}.json").read_text()) for rank in range(nproc)]
 
 
 def summarise(per_rank: list) -> list:
@@ -71,7 +84,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
         make_tiny_model.main([*MODEL_ARGS, "--out-dir", model_dir])
-        per_rank = run_torchrun("sync_measure.py", 4, [
+        per_rank = run_workers(4, [
             "--hf-dir", model_dir, "--tp", "2", "--pp", "2", "--repeats", args.repeats,
             "--bucket-mb", *args.bucket_mb])
     rows = summarise(per_rank)

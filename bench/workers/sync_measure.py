@@ -1,6 +1,7 @@
 """Worker: peak extra memory and wall time of WeightSync for several bucket sizes, plus a memcpy of
-the same bytes timed in the same process. Shared by tests/test_sync.py (asserts the memory bound)
-and bench/weight_sync.py (reports time ratios); tests never look at the timings.
+the same bytes timed in the same process. Shared by bench/weight_sync.py (reports time ratios) and
+tests/test_sync.py (asserts the memory bound; tests never look at the timings). Each rank writes
+its result as JSON to RESULT_DIR/rank<RANK>.json.
 
 Peak extra memory = resident high-water mark during the syncs minus the resident size just before
 them (Linux: /proc/self/clear_refs resets VmHWM). Launch with MALLOC_MMAP_THRESHOLD_ set low so
@@ -9,6 +10,8 @@ instead of heap memory malloc keeps after a free. One untimed sync per transport
 Python/allocator growth is not charged to a bucket size.
 """
 import argparse
+import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -16,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dist_harness import write_result
 from superrl.distributed import init_distributed
 from superrl.hf_config import load_arch
 from superrl.models.gpt import build_policy_model
@@ -64,6 +66,10 @@ def measure_sync(make_sync, repeats: int, largest_tensor_bytes: int) -> dict:
             "bytes": sync.total_bytes, "buckets": len(sync.plan), "largest_tensor_bytes": largest_tensor_bytes}
 
 
+def write_result(result_dir: str, obj: dict) -> None:
+    Path(result_dir, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(obj))
+
+
 def memcpy_seconds(nbytes: int, repeats: int) -> float:
     src = torch.ones(nbytes // 4)
     dst = torch.zeros_like(src)  # written once so page faults are not timed
@@ -83,7 +89,11 @@ def main():
     p.add_argument("--bucket-mb", type=float, nargs="+", required=True)
     p.add_argument("--transports", nargs="+", default=["collective", "shared_memory", "direct"])
     p.add_argument("--repeats", type=int, default=1)
+    # default: where the tests' torchrun launcher (tests/dist_harness.py) collects worker results
+    p.add_argument("--result-dir", default=os.environ.get("SUPERRL_TEST_RESULT_DIR"))
     args = p.parse_args()
+    if not args.result_dir:
+        p.error("--result-dir is required")
     arch = load_arch(args.hf_dir)
     ctx = init_distributed(args.tp, args.pp, seed=0)
     padded_vocab = arch.padded_vocab_size(128)
@@ -99,7 +109,7 @@ def main():
             results.append({"transport": transport, "bucket_mb": bucket_mb, **measure_sync(make_sync, args.repeats, largest)})
     dist.barrier()
     memcpy = memcpy_seconds(results[0]["bytes"], max(10, args.repeats)) if ctx.rank == 0 else None
-    write_result({"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank,
+    write_result(args.result_dir, {"rank": ctx.rank, "tp_rank": ctx.tp_rank, "pp_rank": ctx.pp_rank,
                   "memcpy_seconds": memcpy, "syncs": results})
 
 
