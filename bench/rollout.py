@@ -1,4 +1,4 @@
-"""Rollout throughput: EmbeddedEngine vs `transformers` generate (SPEC 6 target: >= 2x tokens/s).
+"""Rollout throughput: EmbeddedEngine vs `transformers` generate (target: >= 2x tokens/s).
 
     python bench/rollout.py [--sizes tiny,small] [--batch 32] [--max-tokens 64,256] [--repeats 3]
                             [--threads N] [--vllm] [--profile] [--out bench/results/rollout.json]
@@ -54,7 +54,7 @@ def make_prompts(count: int, min_len: int, max_len: int, vocab: int, seed: int =
 
 # ------------------------------------------------------------------ engines under test
 def contract_generate_fn(engine):
-    """Greedy, fixed-length generation through the RolloutEngine contract (SPEC 7.2)."""
+    """Greedy, fixed-length generation through the RolloutEngine contract."""
     def generate(prompts, max_tokens):
         outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens),
                                   ignore_eos=True)

@@ -1,4 +1,4 @@
-"""SuperRL vs GRPO, SFT and hybrids on a sparse-reward task at CPU scale (SPEC 6, issue 8).
+"""SuperRL vs GRPO, SFT and hybrids on a sparse-reward task at CPU scale (README.md, "Sample efficiency").
 
     python bench/sample_efficiency.py                  # the full benchmark (~50 min on the shared 2-core box)
     python bench/sample_efficiency.py --quick          # smoke run: 1 seed, a few steps, results in the run dir
@@ -86,7 +86,7 @@ ARMS = {
     "log_sigma": [("log_sigma", 1.0)],
 }
 SUPERRL_ARMS = ("probe", "per_prompt", "adv_gate", "window", "log_sigma")
-CLAIM_REDUCTION = 0.4  # SPEC 6: >= 40% fewer optimizer steps to the same held-out accuracy
+CLAIM_REDUCTION = 0.4  # SuperRL's claim: >= 40% fewer optimizer steps to the same held-out accuracy
 # (file, make_arith_dataset.py arguments); eval sets exclude the training questions
 DATA = {
     "warmup_train": ["--level", "2", "--steps", "1", "--digits", "1", "--n", "3000", "--seed", "0",
@@ -350,7 +350,7 @@ def markdown(result: dict) -> str:
         failed = f" ({a['failed']} failed)" if a["failed"] else ""
         lines.append(f"| {arm}{failed} | {fmt(a['steps_to_target'], 1, reached=True)} | {fmt(a['final_id'])} | "
                      f"{fmt(a['final_ood'])} | {fmt(a['mean_sft_fraction'])} |")
-    lines += ["", "## Claims (SPEC 6)", ""]
+    lines += ["", "## Claims (SuperRL vs GRPO: >= 40% fewer steps to the target, better OOD accuracy)", ""]
     if not claims:
         lines.append("GRPO was not run: no claim checked.")
     for arm, c in claims.items():
