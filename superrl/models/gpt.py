@@ -15,7 +15,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer import TransformerConfig
 
-from superrl.hf_config import ModelArch
+from superrl.hf_config import ModelArch, UnsupportedModelError
 from superrl.ops import FP8OutputLayer, FP8Recipe, fused_linear_logprobs_and_entropy
 
 
@@ -28,7 +28,15 @@ def use_transformer_engine(setting: str) -> bool:
     return available and setting != "off"
 
 
+def check_trainable(arch: ModelArch) -> None:
+    """What this model provider cannot build, refused by name (the rollout engine reads more)."""
+    if arch.rope.rope_type != "default":
+        raise UnsupportedModelError(f"{arch.name}: rope_type {arch.rope.rope_type!r} is not supported by the "
+                                    "megatron model provider (only 'default')")
+
+
 def transformer_config(arch: ModelArch, tp: int, pp: int) -> TransformerConfig:
+    check_trainable(arch)
     on_gpu = torch.cuda.is_available()
     return TransformerConfig(
         num_layers=arch.num_layers, hidden_size=arch.hidden_size, num_attention_heads=arch.num_heads,

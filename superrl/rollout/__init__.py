@@ -1,4 +1,4 @@
-"""Rollout engines behind one contract (SPEC 7.2): the embedded pure-torch engine (default) and vLLM.
+"""Rollout engines behind one contract (`RolloutEngine`, types.py): the embedded pure-torch engine (default) and vLLM.
 
 `VLLMEngine` is imported on first access only, so CPU installs without vLLM never import it.
 """

@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from superrl.rollout.hf_tensors import DecoderConfig
+from superrl.hf_config import ModelArch
 from superrl.rollout.shared_weights import MemfdArena, SharedWeights
 
 LM_HEAD = "lm_head.weight"
@@ -34,7 +34,7 @@ def _split_rows(buffer: torch.Tensor, names: list, sizes: list) -> dict:
 
 
 class DecoderWeights:
-    def __init__(self, cfg: DecoderConfig, dtype: torch.dtype, device: torch.device, shared: bool = False):
+    def __init__(self, cfg: ModelArch, dtype: torch.dtype, device: torch.device, shared: bool = False):
         """shared: carve every parameter out of one `MemfdArena` other processes can map (CPU)."""
         def empty(*shape):
             return torch.empty(*shape, dtype=dtype, device=device)
@@ -47,7 +47,7 @@ class DecoderWeights:
         self.by_name: dict = {}
         self.embed = self._register(EMBED, empty(cfg.vocab_size, cfg.hidden_size))
         self.final_norm = self._register("model.norm.weight", empty(cfg.hidden_size))
-        self.lm_head = (self.embed if cfg.tie_word_embeddings
+        self.lm_head = (self.embed if cfg.tied_embeddings
                         else self._register(LM_HEAD, empty(cfg.vocab_size, cfg.hidden_size)))
         self.layers = [self._build_layer(i, empty) for i in range(cfg.num_layers)]
 
@@ -66,15 +66,15 @@ class DecoderWeights:
             o_proj=self._register(f"{prefix}.self_attn.o_proj.weight",
                                   empty(cfg.hidden_size, cfg.num_heads * cfg.head_dim)),
             post_norm=self._register(f"{prefix}.post_attention_layernorm.weight", empty(cfg.hidden_size)),
-            gate_up=empty(2 * cfg.intermediate_size, cfg.hidden_size),
+            gate_up=empty(2 * cfg.ffn_hidden_size, cfg.hidden_size),
             down_proj=self._register(f"{prefix}.mlp.down_proj.weight",
-                                     empty(cfg.hidden_size, cfg.intermediate_size)),
+                                     empty(cfg.hidden_size, cfg.ffn_hidden_size)),
         )
         self.by_name.update(_split_rows(layer.qkv, [f"{n}.weight" for n in attn], qkv_sizes))
         if layer.qkv_bias is not None:
             self.by_name.update(_split_rows(layer.qkv_bias, [f"{n}.bias" for n in attn], qkv_sizes))
         mlp = [f"{prefix}.mlp.gate_proj.weight", f"{prefix}.mlp.up_proj.weight"]
-        self.by_name.update(_split_rows(layer.gate_up, mlp, 2 * [cfg.intermediate_size]))
+        self.by_name.update(_split_rows(layer.gate_up, mlp, 2 * [cfg.ffn_hidden_size]))
         return layer
 
     def shared(self) -> Optional[SharedWeights]:
@@ -82,7 +82,7 @@ class DecoderWeights:
         return None if self.arena is None else self.arena.describe(self.by_name)
 
     def _target(self, name: str) -> torch.Tensor:
-        if name == LM_HEAD and self.cfg.tie_word_embeddings:
+        if name == LM_HEAD and self.cfg.tied_embeddings:
             return self.embed  # tied: the output projection *is* the embedding
         if name not in self.by_name:
             raise KeyError(f"update_weights: unknown parameter name {name!r} "
@@ -106,11 +106,11 @@ class DecoderWeights:
         missing = sorted(set(self.by_name) - set(tensors))
         if missing:
             raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {missing[:3]}")
-        unused = set(tensors) - set(self.by_name) - {LM_HEAD}
-        known = {n: t for n, t in tensors.items() if n not in unused}  # e.g. rotary inv_freq buffers
-        self.copy_from(known.items())
+        # Others are skipped: rotary inv_freq buffers, or a tied model's copy of the embedding
+        # (tied, the output projection IS the embedding, as in transformers).
+        self.copy_from((n, t) for n, t in tensors.items() if n in self.by_name)
 
 
-def parameter_numel(cfg: DecoderConfig) -> int:
+def parameter_numel(cfg: ModelArch) -> int:
     """Elements of all parameters: the HF-named views tile the fused buffers exactly."""
     return sum(t.numel() for t in DecoderWeights(cfg, torch.float32, torch.device("meta")).by_name.values())

@@ -22,26 +22,27 @@ from typing import Iterable, Optional
 
 import torch
 
+from superrl.hf_config import load_arch
 from superrl.rollout.decoder import Decoder, PackedPrompts
 from superrl.rollout.decoder_weights import DecoderWeights
 from superrl.rollout.gemm import decode_rows
-from superrl.rollout.hf_tensors import load_tensors, parse_dtype, read_config
+from superrl.rollout.hf_tensors import load_tensors, parse_dtype
 from superrl.rollout.kv_cache import KVCache
 from superrl.rollout.sampler import Sampler, sequence_seeds
 from superrl.rollout.scheduler import Sequence, SlotScheduler
 from superrl.rollout.shared_weights import SharedWeights, can_share
-from superrl.rollout.types import Completion, SamplingParams
+from superrl.rollout.types import Completion, RolloutEngine, SamplingParams
 
 CACHE_ROUNDING = 64  # grow the KV cache in steps, so slightly longer prompts reuse it
 
 
-class EmbeddedEngine:
+class EmbeddedEngine(RolloutEngine):
     def __init__(self, model_dir: str, dtype: str = "float32", seed: int = 0, *,
                  device: Optional[str] = None, max_batch_size: Optional[int] = None,
                  max_prefill_tokens: int = 16384):
         """max_batch_size: KV-cache slots, i.e. sequences decoded together (default 64 on CPU,
         256 on GPU). max_prefill_tokens: bound on one prefill batch's padded token count."""
-        self.config = read_config(model_dir)
+        self.config = load_arch(model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = parse_dtype(dtype)
         self.max_batch_size = max_batch_size or (256 if self.device.type == "cuda" else 64)

@@ -1,7 +1,7 @@
 """Preallocated key/value cache: one row ("slot") per running sequence, reused across requests."""
 import torch
 
-from superrl.rollout.hf_tensors import DecoderConfig
+from superrl.hf_config import ModelArch
 
 
 class KVCache:
@@ -12,7 +12,7 @@ class KVCache:
     layer are a plain view (no gather) whose (slot, head) axes merge into one batch axis for bmm.
     """
 
-    def __init__(self, cfg: DecoderConfig, slots: int, capacity: int, dtype, device):
+    def __init__(self, cfg: ModelArch, slots: int, capacity: int, dtype, device):
         shape = (cfg.num_layers, 2, slots, cfg.num_kv_heads, capacity, cfg.head_dim)
         self.data = torch.zeros(shape, dtype=dtype, device=device)
         heads = torch.arange(2 * cfg.num_kv_heads, device=device)  # (k|v, head) pairs in qkv order

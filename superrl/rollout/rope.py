@@ -3,13 +3,13 @@ import math
 
 import torch
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+from superrl.hf_config import RopeParameters
 
 
-def _llama3_scaled(inv_freq: torch.Tensor, rope: dict) -> torch.Tensor:
+def _llama3_scaled(inv_freq: torch.Tensor, rope: RopeParameters) -> torch.Tensor:
     """Llama 3.1 frequency-dependent interpolation (low frequencies / factor, a smooth ramp between)."""
-    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
-    old_len = rope["original_max_position_embeddings"]
+    factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
+    old_len = rope.original_max_position_embeddings
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
     smooth = (old_len / wavelen - low) / (high - low)
@@ -18,23 +18,18 @@ def _llama3_scaled(inv_freq: torch.Tensor, rope: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
-def inverse_frequencies(rope: dict, head_dim: int) -> torch.Tensor:
-    rope_type = rope["rope_type"]
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"rope_type={rope_type!r} is not supported by the embedded engine "
-                         f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 is not supported by the embedded engine")
+def inverse_frequencies(rope: RopeParameters, head_dim: int) -> torch.Tensor:
+    """Every rope type superrl.hf_config accepts (it refuses the others by name)."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (rope["rope_theta"] ** exponents)
-    if rope_type == "linear":
-        return inv_freq / rope["factor"]
-    if rope_type == "llama3":
+    inv_freq = 1.0 / (rope.theta ** exponents)
+    if rope.rope_type == "linear":
+        return inv_freq / rope.factor
+    if rope.rope_type == "llama3":
         return _llama3_scaled(inv_freq, rope)
     return inv_freq
 
 
-def cos_sin_table(rope: dict, head_dim: int, max_positions: int, dtype, device) -> tuple:
+def cos_sin_table(rope: RopeParameters, head_dim: int, max_positions: int, dtype, device) -> tuple:
     """cos and *signed* sin for positions [0, max_positions): each [max_positions, head_dim].
 
     HF rotates with rotate_half(x) = cat(-x2, x1); we use roll(x) = cat(x2, x1) and fold the minus

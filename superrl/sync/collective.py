@@ -19,40 +19,47 @@ from megatron.core import parallel_state as mpu
 
 from superrl.sync.hf_parts import landing_view, local_hf_parts, write_part
 from superrl.sync.plan import Bucket, build_plan
+from superrl.sync.transport import SyncSetup, Transport, apply_bucket
 
 
-class CollectiveTransport:
-    def __init__(self, model, arch, bucket_bytes: int):
-        self.model, self.arch = model, arch
-        self.tp_rank, self.tp_size = mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size()
-        self.pp_rank, self.pp_size = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size()
+class CollectiveTransport(Transport):
+    name = "collective"
+
+    @staticmethod
+    def unusable_reason(setup: SyncSetup):
+        return None  # point-to-point over the trainer's own groups: any placement
+
+    def __init__(self, setup: SyncSetup):
+        self.setup, self.replica = setup, setup.replica
         self.tp_group, self.packer = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_src_rank()
         self.tp_ranks = dist.get_process_group_ranks(self.tp_group)
         self.pp_group = mpu.get_pipeline_model_parallel_group()
         self.stage_ranks = dist.get_process_group_ranks(self.pp_group)  # global rank of each stage's packer
-        param = next(model.parameters())
+        param = next(setup.model.parameters())
         self.dtype, self.device = param.dtype, param.device
-        self.plan = build_plan(arch, self.pp_size, bucket_bytes, param.element_size())
-        bucket_numel = max(1, bucket_bytes // param.element_size())
+        self.plan = build_plan(setup.arch, self.replica.pp_size, setup.bucket_bytes, setup.element_size)
+        self.total_numel = sum(b.numel for b in self.plan)
+        bucket_numel = max(1, setup.bucket_bytes // setup.element_size)
         # The reused buffer holds the largest bucket within the size limit (a small model's whole
         # stage needs less than the limit); tensors above it get a buffer of their own.
         self.buffer_numel = max((b.numel for b in self.plan if b.numel <= bucket_numel), default=0)
 
-    def sync(self, apply_bucket) -> None:
-        parts = local_hf_parts(self.model, self.arch, self.tp_size, self.pp_rank, self.pp_size)
-        buffer = torch.empty(self.buffer_numel, dtype=self.dtype, device=self.device) if self.tp_rank == 0 else None
+    def sync(self) -> None:
+        s, r = self.setup, self.replica
+        parts = local_hf_parts(s.model, s.arch, r.tp_size, r.pp_rank, r.pp_size)
+        buffer = torch.empty(self.buffer_numel, dtype=self.dtype, device=self.device) if r.tp_rank == 0 else None
         for bucket in self.plan:
             flat = None
-            if bucket.stage == self.pp_rank:
+            if bucket.stage == r.pp_rank:
                 flat = self._fill(bucket, parts, buffer)
-            if self.tp_rank != 0:
+            if r.tp_rank != 0:
                 continue
-            if self.pp_rank == 0:  # the owner
+            if r.is_owner:
                 if bucket.stage != 0:
                     flat = self._flat(bucket, buffer)
                     dist.recv(flat, src=self.stage_ranks[bucket.stage], group=self.pp_group)
-                apply_bucket(bucket, flat)
-            elif bucket.stage == self.pp_rank:
+                apply_bucket(s.engine, bucket, flat)
+            elif bucket.stage == r.pp_rank:
                 # Blocking send: the buffer is refilled only once the owner has this bucket.
                 dist.send(flat, dst=self.stage_ranks[0], group=self.pp_group)
 
@@ -64,7 +71,7 @@ class CollectiveTransport:
 
     def _fill(self, bucket: Bucket, parts, buffer):
         """Collective over the stage's TP group: the filled flat bucket on the packer, None elsewhere."""
-        flat = self._flat(bucket, buffer) if self.tp_rank == 0 else None
+        flat = self._flat(bucket, buffer) if self.replica.tp_rank == 0 else None
         views = [view for _, view in bucket.unflatten(flat)] if flat is not None else [None] * len(bucket.slots)
         for slot, view in zip(bucket.slots, views):
             _, tp_dim, part = bucket.next_item(parts, slot)
@@ -76,7 +83,7 @@ class CollectiveTransport:
 
         Point-to-point rather than `gather`: gloo's gather stages everything in a flat buffer of
         the whole tensor, a recv lands where it is told."""
-        if self.tp_rank != 0:
+        if self.replica.tp_rank != 0:
             if tp_dim is not None:  # a replicated tensor is taken from the packer's own copy
                 dist.send(part.contiguous(), dst=self.packer, group=self.tp_group)
             return
@@ -84,7 +91,7 @@ class CollectiveTransport:
         if tp_dim is None:
             return
         spare = None  # one part-sized landing buffer, for parts that cannot be received in place
-        for rank in range(1, self.tp_size):
+        for rank in range(1, self.replica.tp_size):
             view = landing_view(full, tp_dim, part.shape, rank)
             if view is None:
                 spare = torch.empty(part.shape, dtype=part.dtype, device=part.device) if spare is None else spare

@@ -15,9 +15,7 @@ def local_hf_parts(model, arch, tp_size: int, pp_rank: int, pp_size: int):
     """(HF name, TP split dim, this rank's part of that HF tensor) for this stage, in export order."""
     model = unwrap_model(model)
     params = dict(model.named_parameters())
-    for m, local, layer in mapping.stage_param_maps(arch, pp_rank, pp_size, model.uses_te_names):
-        if m.megatron == "output_layer.weight" and arch.tied_embeddings:
-            continue  # as in the mapping's export: the first stage sends the tied embedding
+    for m, local, layer in mapping.exported_param_maps(arch, pp_rank, pp_size, model.uses_te_names):
         parts = mapping.split_shard(m, params[mapping.megatron_name(m, local)].detach(), arch, tp_size)
         for name, part in zip(mapping.hf_names(m, layer), parts):
             yield name, m.tp_dim, part

@@ -14,27 +14,12 @@ from superrl.hf_config import ModelArch
 from superrl.weights import mapping
 
 
-def hf_tensor_shape(hf_name: str, arch: ModelArch) -> tuple:
-    """Shape of a full (unsharded) HF tensor, from its name's suffix."""
-    h, q, kv, ffn = arch.hidden_size, arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim, \
-        arch.ffn_hidden_size
-    shapes = {
-        "embed_tokens.weight": (arch.vocab_size, h), "lm_head.weight": (arch.vocab_size, h),
-        "norm.weight": (h,),  # the final norm and both per-layer norms
-        "q_proj.weight": (q, h), "k_proj.weight": (kv, h), "v_proj.weight": (kv, h),
-        "q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,), "o_proj.weight": (h, q),
-        "gate_proj.weight": (ffn, h), "up_proj.weight": (ffn, h), "down_proj.weight": (h, ffn),
-    }
-    for suffix, shape in shapes.items():
-        if hf_name.endswith(suffix):
-            return shape
-    raise KeyError(f"no HF shape rule for tensor {hf_name!r}")
-
-
 def stage_hf_shapes(arch: ModelArch, pp_rank: int, pp_size: int) -> list:
     """(HF name, shape) of every tensor one PP stage exports, in export order."""
+    shapes = mapping.hf_tensor_shapes(arch)  # every layer's tensors have layer 0's shapes
+
     def meta_shards(megatron_name, param_map):
-        parts = [torch.empty(hf_tensor_shape(n, arch), device="meta") for n in param_map.hf]
+        parts = [torch.empty(shapes[n.format(layer=0)], device="meta") for n in param_map.hf]
         return [mapping.to_megatron_shard(param_map, parts, arch, 0, 1, arch.vocab_size)]
 
     return [(name, tuple(t.shape)) for name, t in mapping.stage_state_to_hf(meta_shards, arch, pp_rank, pp_size)]

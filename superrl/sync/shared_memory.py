@@ -19,12 +19,10 @@ import uuid
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 
 from superrl.sync.hf_parts import local_hf_parts, write_part
 from superrl.sync.plan import Bucket, build_plan
-
-SHM_DIR = "/dev/shm"  # Linux tmpfs: files here are RAM
+from superrl.sync.transport import SHM_DIR, SyncSetup, Transport, apply_bucket, shm_available
 
 
 def map_shared_bucket(numel: int, dtype: torch.dtype, group, owner: int) -> torch.Tensor:
@@ -56,43 +54,45 @@ def last_overlapping(plan: list, offsets: list, k: int):
     return max(earlier, default=None)
 
 
-class SharedMemoryTransport:
+class SharedMemoryTransport(Transport):
     """Point-to-point tokens, not barriers, order the work, so no rank waits for unrelated ones: a
     writer waits only for the engine to release the memory it writes ("free" token), the owner only
     for the writers of the bucket it applies next ("written" tokens)."""
 
-    def __init__(self, model, arch, bucket_bytes: int):
-        self.model, self.arch = model, arch
-        self.tp_rank, self.tp_size = mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size()
-        self.pp_rank, self.pp_size = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size()
-        self.group = mpu.get_model_parallel_group()  # the TP x PP ranks of this replica
-        self.owner = min(dist.get_process_group_ranks(self.group))  # tp_rank 0, pp_rank 0 in megatron's order
-        self.is_owner = dist.get_rank() == self.owner
-        if self.is_owner != (self.tp_rank == 0 and self.pp_rank == 0):
-            raise RuntimeError("shared-memory weight sync expects the replica's lowest rank to be tp 0 / pp 0")
+    name = "shared_memory"
+
+    @staticmethod
+    def unusable_reason(setup: SyncSetup):
+        return None if setup.local_cpu and shm_available() else f"needs CPU weights, one host and {SHM_DIR}"
+
+    def __init__(self, setup: SyncSetup):
+        self.setup, self.replica = setup, setup.replica
+        self.group, self.owner, self.is_owner = self.replica.group, self.replica.owner, self.replica.is_owner
         self.stage_writers = self._stage_writers()
-        param = next(model.parameters())
         # Half-size buckets, so that two fit side by side in a region of `bucket_bytes`.
-        self.plan = build_plan(arch, self.pp_size, bucket_bytes // 2, param.element_size())
+        self.plan = build_plan(setup.arch, self.replica.pp_size, setup.bucket_bytes // 2, setup.element_size)
         # No bigger than the model (a small model under a large limit), no smaller than one bucket.
-        total_numel = sum(b.numel for b in self.plan)
-        region_numel = max(min(bucket_bytes // param.element_size(), total_numel), max(b.numel for b in self.plan))
+        self.total_numel = sum(b.numel for b in self.plan)
+        region_numel = max(min(setup.bucket_bytes // setup.element_size, self.total_numel),
+                           max(b.numel for b in self.plan))
         self.offsets = bucket_offsets(self.plan, region_numel)
         self.wait_for = [last_overlapping(self.plan, self.offsets, k) for k in range(len(self.plan))]
-        self.region = map_shared_bucket(region_numel, param.dtype, self.group, self.owner)
+        self.region = map_shared_bucket(region_numel, next(setup.model.parameters()).dtype, self.group, self.owner)
 
     def _stage_writers(self) -> list:
         """Global ranks of each stage's TP ranks, the owner left out (it needs no tokens from itself)."""
         stages = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(stages, (self.pp_rank, dist.get_rank()), group=self.group)
-        return [[rank for pp, rank in stages if pp == stage and rank != self.owner] for stage in range(self.pp_size)]
+        dist.all_gather_object(stages, (self.replica.pp_rank, dist.get_rank()), group=self.group)
+        return [[rank for pp, rank in stages if pp == stage and rank != self.owner]
+                for stage in range(self.replica.pp_size)]
 
-    def sync(self, apply_bucket) -> None:
-        parts = local_hf_parts(self.model, self.arch, self.tp_size, self.pp_rank, self.pp_size)
+    def sync(self) -> None:
+        s, r = self.setup, self.replica
+        parts = local_hf_parts(s.model, s.arch, r.tp_size, r.pp_rank, r.pp_size)
         token, sends = torch.zeros(1), []
         for k, bucket in enumerate(self.plan):
             flat = self.region[self.offsets[k]:self.offsets[k] + bucket.numel]
-            if bucket.stage == self.pp_rank:
+            if bucket.stage == r.pp_rank:
                 if not self.is_owner and self.wait_for[k] is not None:
                     dist.recv(token, src=self.owner, group=self.group, tag=2 * k + 1)  # "free"
                 self._write(bucket, flat, parts)
@@ -101,7 +101,7 @@ class SharedMemoryTransport:
             if self.is_owner:
                 for writer in self.stage_writers[bucket.stage]:
                     dist.recv(torch.zeros(1), src=writer, group=self.group, tag=2 * k)
-                apply_bucket(bucket, flat)
+                apply_bucket(s.engine, bucket, flat)
                 sends += self._release(k, token)
         for send in sends:
             send.wait()
@@ -110,7 +110,7 @@ class SharedMemoryTransport:
     def _write(self, bucket: Bucket, flat: torch.Tensor, parts) -> None:
         for slot, (_, full) in zip(bucket.slots, bucket.unflatten(flat)):
             _, tp_dim, part = bucket.next_item(parts, slot)
-            write_part(full, tp_dim, part, self.tp_rank)
+            write_part(full, tp_dim, part, self.replica.tp_rank)
 
     def _release(self, applied: int, token: torch.Tensor) -> list:
         """Tell the writers of every bucket that waits for bucket `applied` that its memory is free."""

@@ -13,34 +13,30 @@ bucket: `engine.update_weights` on views into the flat bucket. The `direct` tran
 writes every part into the engine's own parameters. Either way the engine holds full tensors, so
 its own tensor parallelism (e.g. vLLM's) may differ from the trainer's.
 
-Three transports move the bytes (the same split as slime's colocated / distributed weight update),
-auto-selected in this order:
-* `direct` (CPU, the whole replica on one host, an engine whose weights other processes can map:
-  `EmbeddedEngine`): every rank writes its parts straight into the engine's parameters
-  (direct.py). Nothing is bucketed.
+Three transports move the bytes (the same split as slime's colocated / distributed weight update).
+Each implements `transport.Transport`; `choose_transport` picks one, in this order unless told:
+* `direct` (CPU, the whole replica on one host, an engine whose `shared_weights()` other
+  processes can map: `EmbeddedEngine`): every rank writes its parts straight into the engine's
+  parameters (direct.py). Nothing is bucketed.
 * `shared_memory` (CPU, one host, any other engine): TP ranks write their own slices straight into
   a bucket shared with the owner, which applies it (shared_memory.py).
 * `collective` (anything else: GPU/NCCL, multi-node): TP parts gathered point-to-point into the
   bucket, then buckets sent point-to-point from each stage to the owner (collective.py).
 """
-import os
-import socket
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 
 from superrl.hf_config import ModelArch
+from superrl.rollout import RolloutEngine
 from superrl.sync.collective import CollectiveTransport
 from superrl.sync.direct import DirectTransport
-from superrl.sync.plan import Bucket
-from superrl.sync.shared_memory import SHM_DIR, SharedMemoryTransport
+from superrl.sync.shared_memory import SharedMemoryTransport
+from superrl.sync.transport import SyncSetup, Transport
 
 MB = 2**20
-BUCKETED = {"collective": CollectiveTransport, "shared_memory": SharedMemoryTransport}
-TRANSPORTS = ("direct", *BUCKETED)
+TRANSPORTS = {t.name: t for t in (DirectTransport, SharedMemoryTransport, CollectiveTransport)}  # auto order
 
 
 @dataclass(frozen=True)
@@ -58,36 +54,16 @@ class SyncStats:
         return {"sync/seconds": self.seconds, "sync/bytes": self.bytes, "sync/gbps": self.gbps}
 
 
-def replica_on_one_host() -> bool:
-    hosts = [None] * dist.get_world_size(mpu.get_model_parallel_group())
-    dist.all_gather_object(hosts, socket.gethostname(), group=mpu.get_model_parallel_group())
-    return len(set(hosts)) == 1
-
-
-def owner_shared_weights(engine):
-    """Collective over the replica: its owner's `engine.shared_weights()` (None when the engine
-    offers none), on every rank."""
-    group = mpu.get_model_parallel_group()
-    handle = [getattr(engine, "shared_weights", lambda: None)() if engine is not None else None]
-    dist.broadcast_object_list(handle, src=min(dist.get_process_group_ranks(group)), group=group)
-    return handle[0]
-
-
-def choose_transport(model, transport: str, shared_weights) -> str:
-    """shared_weights: `owner_shared_weights(engine)`."""
-    if transport not in ("auto", *TRANSPORTS):
+def choose_transport(setup: SyncSetup, transport: str) -> type:
+    """`transport`: auto (the first usable of TRANSPORTS) or one of its names."""
+    if transport == "auto":
+        return next(t for t in TRANSPORTS.values() if t.unusable_reason(setup) is None)
+    if transport not in TRANSPORTS:
         raise ValueError(f"WeightSync: unknown transport {transport!r}; choose auto, {', '.join(TRANSPORTS)}")
-    # Every rank must take the same branch: the checks below are collective, so they run everywhere.
-    shares = shared_weights is not None
-    local = replica_on_one_host() and next(model.parameters()).device.type == "cpu"
-    if transport == "direct" and not (shares and local):
-        raise ValueError("WeightSync: transport 'direct' needs CPU weights, the replica on one host and an "
-                         "engine whose weights other processes can map (EmbeddedEngine on CPU, Linux)")
-    if transport != "auto":
-        return transport
-    if not local:
-        return "collective"
-    return "direct" if shares else ("shared_memory" if os.path.isdir(SHM_DIR) else "collective")
+    reason = TRANSPORTS[transport].unusable_reason(setup)
+    if reason is not None:
+        raise ValueError(f"WeightSync: transport {transport!r} {reason}")
+    return TRANSPORTS[transport]
 
 
 class WeightSync:
@@ -99,31 +75,16 @@ class WeightSync:
     shared_memory | collective.
     """
 
-    def __init__(self, model, arch: ModelArch, engine=None, bucket_mb: float = 512, transport: str = "auto"):
-        tp_rank, pp_rank = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
-        is_owner = tp_rank == 0 and pp_rank == 0
-        if is_owner != (engine is not None):
-            raise ValueError(f"WeightSync: rank {dist.get_rank()} (tp_rank {tp_rank}, pp_rank {pp_rank}) "
-                             f"{'needs' if is_owner else 'must not have'} an engine: the engine lives on "
-                             "tp_rank 0 / pp_rank 0 of each data-parallel replica")
-        self.engine = engine
-        shared_weights = owner_shared_weights(engine)
-        self.transport = choose_transport(model, transport, shared_weights)
-        if self.transport == "direct":
-            self._transport = DirectTransport(model, arch, engine, shared_weights)
-            total_numel = self._transport.total_numel
-        else:
-            self._transport = BUCKETED[self.transport](model, arch, int(bucket_mb * MB))
-            total_numel = sum(b.numel for b in self._transport.plan)
+    def __init__(self, model, arch: ModelArch, engine: RolloutEngine = None, bucket_mb: float = 512,
+                 transport: str = "auto"):
+        setup = SyncSetup.build(model, arch, engine, int(bucket_mb * MB))
+        self._transport: Transport = choose_transport(setup, transport)(setup)
+        self.transport = self._transport.name
         self.plan = self._transport.plan
-        self.total_bytes = total_numel * next(model.parameters()).element_size()
+        self.total_bytes = self._transport.total_numel * setup.element_size
 
     @torch.no_grad()
     def sync(self) -> SyncStats:
         start = time.perf_counter()
-        self._transport.sync(self._apply)
+        self._transport.sync()
         return SyncStats(time.perf_counter() - start, self.total_bytes, len(self.plan))
-
-    def _apply(self, bucket: Bucket, flat: torch.Tensor) -> None:
-        """On the owner: the engine copies the bucket's tensors out of views of the flat bucket."""
-        self.engine.update_weights(bucket.unflatten(flat))

@@ -177,17 +177,20 @@ def hf_to_stage_state(get_hf: Callable[[str], torch.Tensor], arch: ModelArch, tp
         yield megatron_name(m, local), to_megatron_shard(m, parts, arch, tp_rank, tp_size, padded_vocab)
 
 
+def exported_param_maps(arch: ModelArch, pp_rank: int, pp_size: int, te_names: bool = False) -> list:
+    """`stage_param_maps` less the last stage's copy of a tied embedding: the first stage exports
+    it. The export order of every HF export (tools, sync plan, sync transports)."""
+    return [entry for entry in stage_param_maps(arch, pp_rank, pp_size, te_names)
+            if not (entry[0].megatron == "output_layer.weight" and arch.tied_embeddings)]
+
+
 def stage_state_to_hf(get_shards: Callable[[str, ParamMap], list], arch: ModelArch, pp_rank: int,
-                      pp_size: int, te_names: bool = False, skip_tied_copy: bool = True
-                      ) -> Iterator[tuple]:
-    """Yield (HF name, full tensor) for one PP stage's parameters.
+                      pp_size: int, te_names: bool = False) -> Iterator[tuple]:
+    """Yield (HF name, full tensor) for one PP stage's parameters, in `exported_param_maps` order.
 
     `get_shards(megatron_name, param_map)` returns the TP shards of a parameter in rank order (a
-    TP all-gather in live sync, a single tensor offline). The last stage's copy of a tied
-    embedding is skipped: the first stage exports it.
+    TP all-gather in live sync, a single tensor offline).
     """
-    for m, local, layer in stage_param_maps(arch, pp_rank, pp_size, te_names):
-        if skip_tied_copy and m.megatron == "output_layer.weight" and arch.tied_embeddings:
-            continue
+    for m, local, layer in exported_param_maps(arch, pp_rank, pp_size, te_names):
         for name, tensor in zip(hf_names(m, layer), to_hf_tensors(m, get_shards(megatron_name(m, local), m), arch)):
             yield name, tensor

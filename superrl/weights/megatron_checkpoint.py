@@ -12,7 +12,6 @@ so any TP x PP layout loads the checkpoint: dist_checkpointing reads each rank's
 The metadata file is written last, so a checkpoint without it is incomplete. It also lists every
 other file's size and CRC-32 (superrl/weights/checkpoint_manifest.py), checked before any load.
 """
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -36,9 +35,15 @@ DIST_CKPT_DIR = "dist_ckpt"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".index.json")
 
 
+SIGNATURE_FIELDS = ("name", "family", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                    "ffn_hidden_size", "vocab_size", "rope_theta", "rms_norm_eps", "qkv_bias", "tied_embeddings",
+                    "max_position_embeddings")
+
+
 def model_signature(arch: ModelArch, padded_vocab: int) -> dict:
-    """Everything that decides the checkpoint's tensors: equal signatures <=> loadable weights."""
-    return {**dataclasses.asdict(arch), "padded_vocab": padded_vocab}
+    """The tensors' shapes and what the weights were trained under: equal signatures <=> loadable
+    weights. (Stop tokens and RoPE scaling stay out: checkpoints of earlier versions lack them.)"""
+    return {**{k: getattr(arch, k) for k in SIGNATURE_FIELDS}, "padded_vocab": padded_vocab}
 
 
 def checkpoint_metadata(arch: ModelArch, hf_config: dict, tp: int, pp: int, padded_vocab: int,
