@@ -18,27 +18,14 @@ import megatron_patches
 
 @dataclass(frozen=True)
 class ParallelContext:
+    """This rank's place in the world and in megatron's TP / PP / DP groups."""
     rank: int
-    world_size: int
     tp_rank: int
     tp_size: int
     pp_rank: int
     pp_size: int
     dp_rank: int
     dp_size: int
-    device: torch.device
-
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp_size - 1
-
-    @property
-    def is_logging_rank(self) -> bool:
-        return self.rank == 0
 
 
 def _free_port() -> int:
@@ -56,6 +43,8 @@ def _ensure_env_for_single_process() -> None:
 
 
 def world_size_from_env() -> int:
+    """The world size torchrun passes in the environment (1 without torchrun), known before any
+    process group exists, so the config can be checked against it first."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -75,11 +64,10 @@ def init_distributed(tp: int, pp: int, seed: int, timeout_s: float = 600.0) -> P
     if not mpu.model_parallel_is_initialized():
         mpu.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     ctx = ParallelContext(
-        rank=dist.get_rank(), world_size=dist.get_world_size(),
+        rank=dist.get_rank(),
         tp_rank=mpu.get_tensor_model_parallel_rank(), tp_size=tp,
         pp_rank=mpu.get_pipeline_model_parallel_rank(), pp_size=pp,
         dp_rank=mpu.get_data_parallel_rank(), dp_size=mpu.get_data_parallel_world_size(),
-        device=torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu"),
     )
     seed_everything(seed)
     return ctx

@@ -5,10 +5,9 @@ import statistics
 import pytest
 import torch
 
-from superrl.algorithms import (aggregate, broadcast_to_tokens, compute_advantages,
-                                global_token_counts, grpo_advantages, kl_penalized_rewards,
-                                kl_per_token, ppo_clip_loss, reinforce_pp_advantages,
-                                rloo_advantages, sft_loss)
+from superrl.algorithms import (aggregate, compute_advantages, global_token_counts, grpo_advantages,
+                                kl_penalized_rewards, kl_per_token, ppo_clip_loss,
+                                reinforce_pp_advantages, rloo_advantages, sft_loss)
 from superrl.algorithms.config import AlgorithmConfig
 
 
@@ -71,13 +70,8 @@ def test_compute_advantages_dispatch_and_errors():
     torch.testing.assert_close(compute_advantages(rewards, "rloo"), rloo_advantages(rewards))
     torch.testing.assert_close(compute_advantages(rewards, "grpo", norm_by_std=False),
                                grpo_advantages(rewards, norm_by_std=False))
-    with pytest.raises(ValueError, match="'ppo'"):
-        compute_advantages(rewards, "ppo")
     with pytest.raises(ValueError, match=r"\[num_prompts, K\]"):
         grpo_advantages(torch.ones(4))
-    mask = f64([[1, 1, 0], [1, 0, 0]])
-    torch.testing.assert_close(broadcast_to_tokens(f64([2.0, -1.0]), mask),
-                               f64([[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]))
 
 # ---------------------------------------------------------------- PPO clip
 
@@ -159,8 +153,6 @@ def test_aggregate_per_row_denominators_and_empty_batch():
     got = aggregate(values, mask, "token_mean", f64([6.0, 2.0]))
     assert got.item() == pytest.approx(3 / 6 + 4 / 2)
     assert aggregate(values, torch.zeros(2, 2), "token_mean", 0).item() == 0.0
-    with pytest.raises(ValueError, match="'mean'"):
-        aggregate(values, mask, "mean", 1.0)
 
 
 def test_sft_loss_is_token_mean_nll():
@@ -209,6 +201,7 @@ def test_kl_reward_penalty_subtracts_beta_sum_per_sequence():
 
 def test_algorithm_config_errors_name_the_key():
     AlgorithmConfig().validate()
+    # the only check of these choices: the functions that take them trust the loaded config
     for field, value, key in [("advantage", "gae", "algorithm.advantage"),
                               ("loss_agg", "sum", "algorithm.loss_agg"),
                               ("clip_low", 1.0, "algorithm.clip_low"),

@@ -1,4 +1,4 @@
-"""Outcome-reward advantages: one scalar per response, later broadcast to its tokens.
+"""Outcome-reward advantages: one scalar per response (the policy loss broadcasts it to the tokens).
 
 Input: rewards `[P, K]`, P prompts of this rank, K responses each. Output: advantages `[P, K]`
 (flatten row-major to match responses `[P * K]`). Standard deviations use Bessel's correction
@@ -12,7 +12,6 @@ all equal. The arithmetic alone would give values like 1e-11 there (a mean of 0.
 import torch
 import torch.distributed as dist
 
-from superrl.algorithms.config import ADVANTAGE_ESTIMATORS, check_choice
 from superrl.algorithms.counts import ProcessGroup, all_reduce_sum, comm_device, count_vector
 
 
@@ -87,15 +86,11 @@ def reinforce_pp_advantages(rewards: torch.Tensor, eps: float = 1e-6,
 
 def compute_advantages(rewards: torch.Tensor, estimator: str, norm_by_std: bool = True,
                        eps: float = 1e-6, group: ProcessGroup = None) -> torch.Tensor:
-    """Dispatch on `algorithm.advantage`; rewards [P, K] -> advantages [P, K]."""
-    check_choice("algorithm.advantage", estimator, ADVANTAGE_ESTIMATORS)
+    """Dispatch on `algorithm.advantage` (one of config.ADVANTAGE_ESTIMATORS, checked when the
+    config is loaded); rewards [P, K] -> advantages [P, K]."""
     if estimator == "grpo":
         return grpo_advantages(rewards, norm_by_std=norm_by_std, eps=eps)
     if estimator == "rloo":
         return rloo_advantages(rewards)
     return reinforce_pp_advantages(rewards, eps=eps, group=group)
 
-
-def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-response advantages [B] -> per-token [B, T], zero outside `mask`."""
-    return advantages[:, None] * mask.to(advantages.dtype)

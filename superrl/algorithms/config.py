@@ -1,8 +1,9 @@
-"""Config dataclasses of the `algorithm.*` YAML section (SPEC 2 and 7.3).
+"""Config dataclasses of the `algorithm.*` YAML section, and the one list of each choice.
 
 The trainer's schema (`superrl/config.py`) embeds `AlgorithmConfig` as its `algorithm` field; every
 class here is an OmegaConf-compatible structured config. `validate()` raises a ValueError that names
-the offending key and value.
+the offending key and value; `superrl.config.load_config` runs it, so the functions that take these
+choices (advantages, aggregation, KL) do not check them again on every call.
 """
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -72,8 +73,8 @@ class HybridConfig:
     weighting:          hard_gate | fixed | log_sigma | entropy (see hybrid.py).
     sft_coef:           lambda of `hard_gate` and `fixed`.
     log_sigma_floor:    lower bound on s_pg and s_sft; without it s -> -inf when a loss term <= 0.
-    log_sigma_init_pg:  initial s_pg (SPEC: 0).
-    log_sigma_init_sft: initial s_sft (SPEC: 1).
+    log_sigma_init_pg:  initial s_pg.
+    log_sigma_init_sft: initial s_sft.
     entropy_alpha:      alpha of `entropy`: SFT weight w = alpha * exp(-H).
     """
     weighting: str = "hard_gate"

@@ -1,4 +1,4 @@
-"""DP-global statistics as all-reduced SUMS of counts (SPEC 2: never an average of averages).
+"""DP-global statistics as all-reduced SUMS of counts (never an average of averages).
 
 `group=None` means "single process, no all-reduce" (not torch.distributed's WORLD default): the
 trainer passes the data-parallel group explicitly.

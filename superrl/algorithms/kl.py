@@ -14,15 +14,13 @@ Two uses (`algorithm.kl_in_reward`):
 """
 import torch
 
-from superrl.algorithms.config import KL_ESTIMATORS, check_choice
-
 # exp(-d) for |d| > 20 only comes from numerically broken log-probs; clamp like verl.
 _MAX_LOG_RATIO = 20.0
 
 
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """[B, T] per-token KL estimate (unmasked); differentiable w.r.t. `logprobs`."""
-    check_choice("kl_estimator", estimator, KL_ESTIMATORS)
+    """[B, T] per-token KL estimate (unmasked); differentiable w.r.t. `logprobs`. `estimator` is one
+    of config.KL_ESTIMATORS (algorithm.kl_estimator, checked when the config is loaded)."""
     log_ratio = logprobs - ref_logprobs.detach()
     if estimator == "k1":
         return log_ratio

@@ -23,16 +23,14 @@ from typing import Optional, Union
 
 import torch
 
-from superrl.algorithms.config import LOSS_AGG_MODES, check_choice
-
 # exp() of a log-ratio above this overflows float32 long before it means anything; the clamp only
 # touches tokens whose ratio is clipped anyway (verl does the same).
 _MAX_LOG_RATIO = 20.0
 
 
 def row_reduce(values: torch.Tensor, mask: torch.Tensor, loss_agg: str) -> torch.Tensor:
-    """[B, T] -> [B]: masked token sum, or masked token mean for `seq_mean_token_mean`."""
-    check_choice("loss_agg", loss_agg, LOSS_AGG_MODES)
+    """[B, T] -> [B]: masked token sum, or masked token mean for `seq_mean_token_mean`. `loss_agg`
+    is one of config.LOSS_AGG_MODES (algorithm.loss_agg, checked when the config is loaded)."""
     mask = mask.to(values.dtype)
     row_sum = (values * mask).sum(dim=-1)
     if loss_agg == "seq_mean_token_mean":

@@ -76,7 +76,7 @@ def check_layout(hf_dir: str, tp: int, pp: int, steps: int, bucket_mb: float) ->
     tokens, targets = fixed_batch(arch.vocab_size)
     loss_fn = sft_loss_fn(float((targets != IGNORE).sum()))
     engine = EmbeddedEngine(hf_dir) if ctx.tp_rank == 0 and ctx.pp_rank == 0 else None
-    result = {"layout": f"tp{tp}pp{pp}", "dp": ctx.dp_size, "is_last_stage": ctx.is_last_stage}
+    result = {"layout": f"tp{tp}pp{pp}", "dp": ctx.dp_size, "is_last_stage": ctx.pp_rank == ctx.pp_size - 1}
     for transport in ("collective", "shared_memory", "direct"):
         for _ in range(steps):  # the trainer's weights now differ from what the engine holds
             train_step(state, [MicroBatch(tokens, targets)], loss_fn)
