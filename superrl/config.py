@@ -1,6 +1,8 @@
 """The one config schema: typed dataclasses, loaded from YAML with dotted `key=value` overrides.
 
-Everything is validated before any process group exists, with errors that name the values.
+Every check lives here and runs before any process group exists, with errors that name the key:
+`load_config` checks what the config alone decides (types, choices, ranges, combinations);
+`validate_launch` checks what needs the model's shape and the world size as well.
 """
 import dataclasses
 import difflib
@@ -146,7 +148,7 @@ def _coerce(value, hint, key: str):
 
 
 def load_config(path: Optional[str] = None, overrides=()) -> Config:
-    """YAML file (optional) + dotted overrides such as `parallel.tp=2` -> validated-shape Config."""
+    """YAML file (optional) + dotted overrides such as `parallel.tp=2` -> a checked Config."""
     base = OmegaConf.load(path) if path else OmegaConf.create({})
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     config = _build(Config, OmegaConf.to_container(merged, resolve=True), "")
@@ -155,6 +157,7 @@ def load_config(path: Optional[str] = None, overrides=()) -> Config:
         config.algorithm.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_trainer_settings(config)
     return config
 
 
@@ -171,8 +174,38 @@ def check_choices(config: Config) -> None:
             raise ConfigError(f"{key}={get_key(config, key)!r} is not one of {', '.join(allowed)}")
 
 
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_trainer_settings(config: Config) -> None:
+    """Ranges and combinations of the trainer's own keys, and what the trainer does not support."""
+    t, algorithm = config.trainer, config.algorithm
+    _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
+    _require(t.max_consecutive_bad_steps >= 1,
+             f"trainer.max_consecutive_bad_steps={t.max_consecutive_bad_steps} must be >= 1")
+    _require(config.optim.micro_batch_size >= 1,
+             f"optim.micro_batch_size={config.optim.micro_batch_size} must be >= 1")
+    _require(config.rollout.n >= 1, f"rollout.n={config.rollout.n} must be >= 1")
+    _require(algorithm.advantage != "rloo" or config.rollout.n >= 2,
+             f"algorithm.advantage=rloo needs rollout.n >= 2 responses per prompt, got rollout.n={config.rollout.n}")
+    _require(not (algorithm.kl_in_reward and algorithm.kl_coef > 0),
+             "algorithm.kl_in_reward=true is not supported by the trainer; use the KL loss term "
+             "(algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
+
+
+def validate_launch(config: Config, arch, world_size: int) -> None:
+    """Every check that needs the model's shape (a ModelArch) and the world size torchrun passes
+    (`distributed.world_size_from_env`); `superrl.train` and `superrl.eval` run it before any
+    process group exists."""
+    validate_parallelism(config, arch, world_size)
+    validate_data_parallel_batch(config, world_size)
+    validate_context_length(config, arch)
+
+
 def validate_parallelism(config: Config, arch, world_size: int) -> None:
-    """Checks that need the model shape (a ModelArch) and the world size; run before any process group."""
+    """The TP x PP layout against the model's shape (a ModelArch) and the world size."""
     tp, pp = config.parallel.tp, config.parallel.pp
     if tp < 1 or pp < 1:
         raise ConfigError(f"parallel.tp={tp} and parallel.pp={pp} must both be >= 1")
@@ -190,6 +223,16 @@ def validate_parallelism(config: Config, arch, world_size: int) -> None:
     if world_size % (tp * pp):
         raise ConfigError(f"world size {world_size} is not divisible by parallel.tp x parallel.pp "
                           f"= {tp} x {pp} = {tp * pp}")
+
+
+def validate_data_parallel_batch(config: Config, world_size: int) -> None:
+    """Each step's prompts split evenly over the DP = world size / (TP x PP) replicas."""
+    model_parallel = config.parallel.tp * config.parallel.pp
+    dp = world_size // model_parallel
+    prompts = config.trainer.prompts_per_step
+    _require(prompts % dp == 0,
+             f"trainer.prompts_per_step={prompts} is not divisible by the data-parallel size {dp} "
+             f"(world size {world_size} / (parallel.tp x parallel.pp = {model_parallel}))")
 
 
 def validate_context_length(config: Config, arch) -> None:

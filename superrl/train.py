@@ -1,29 +1,13 @@
 """`python -m superrl.train --config FILE.yaml [dotted.key=value ...]` (also under torchrun)."""
-import argparse
 import sys
 
-from superrl.config import Config, load_config, validate_context_length, validate_parallelism
-from superrl.distributed import destroy_distributed, init_distributed, world_size_from_env
-from superrl.hf_config import load_arch
+from superrl.distributed import destroy_distributed
+from superrl.trainer.launch import Launch, config_arguments, start
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m superrl.train", description=__doc__)
-    p.add_argument("--config", required=True, help="YAML config (SPEC 7.3 keys)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tp=2 optim.lr=1e-5")
-    return p.parse_args(argv)
-
-
-def setup(argv=None) -> tuple:
-    """Parse, validate (before any process group exists), then initialise distributed state."""
-    args = parse_args(argv)
-    config: Config = load_config(args.config, args.overrides)
-    arch = load_arch(config.model.hf_dir)
-    validate_parallelism(config, arch, world_size_from_env())
-    validate_context_length(config, arch)
-    ctx = init_distributed(config.parallel.tp, config.parallel.pp, config.trainer.seed,
-                           timeout_s=config.trainer.dist_timeout_s)
-    return config, arch, ctx
+def setup(argv=None) -> Launch:
+    """Parse and check everything, then initialise distributed state."""
+    return start(config_arguments("python -m superrl.train", __doc__).parse_args(argv))
 
 
 def main(argv=None) -> int:

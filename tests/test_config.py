@@ -1,7 +1,7 @@
 """Config loading and validation errors name the offending values."""
 import pytest
 
-from superrl.config import ConfigError, load_config, validate_parallelism
+from superrl.config import ConfigError, load_config, validate_launch
 from superrl.hf_config import UnsupportedModelError, arch_from_hf_config
 
 HF = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 6,
@@ -9,9 +9,10 @@ HF = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "num_hidden_laye
       "vocab_size": 500, "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}
 
 
-def _validate(tp=1, pp=1, world=None, pad=128, **hf_changes):
-    config = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", f"model.vocab_pad_multiple={pad}"])
-    validate_parallelism(config, arch_from_hf_config({**HF, **hf_changes}), world or tp * pp)
+def _validate(tp=1, pp=1, world=None, pad=128, prompts=8, **hf_changes):
+    config = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", f"model.vocab_pad_multiple={pad}",
+                                f"trainer.prompts_per_step={prompts}"])
+    validate_launch(config, arch_from_hf_config({**HF, **hf_changes}), world or tp * pp)
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -38,11 +39,25 @@ def test_bare_off_is_the_off_mode_not_a_boolean(tmp_path):
     ("parallel.tp=two", "parallel.tp must be of type int, got 'two'"),
     ("algorithm.switch.mode=sometimes", "algorithm.switch.mode='sometimes' is not one of"),
     ("rollout.engine=sglang", "rollout.engine='sglang' is not one of embedded, vllm"),
+    ("algorithm.advantage=ppo", "algorithm.advantage='ppo' is not one of"),
+    ("algorithm.loss_agg=mean", "algorithm.loss_agg='mean' is not one of"),
+    ("algorithm.kl_estimator=k4", "algorithm.kl_estimator='k4' is not one of"),
+    ("trainer.max_consecutive_bad_steps=0", "trainer.max_consecutive_bad_steps=0 must be >= 1"),
+    ("trainer.prompts_per_step=0", "trainer.prompts_per_step=0 must be >= 1"),
+    ("optim.micro_batch_size=0", "optim.micro_batch_size=0 must be >= 1"),
+    ("rollout.n=0", "rollout.n=0 must be >= 1"),
+    ("algorithm.kl_in_reward=true algorithm.kl_coef=0.1", "algorithm.kl_in_reward=true is not supported"),
+    ("algorithm.advantage=rloo rollout.n=1", "algorithm.advantage=rloo needs rollout.n >= 2"),
 ])
 def test_bad_keys_and_values(override, message):
+    """Refused at load, before any model or process group exists."""
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_config(None, override.split())
     assert message in str(err.value)
+
+
+def test_kl_in_reward_without_kl_is_accepted():
+    assert load_config(None, ["algorithm.kl_in_reward=true"]).algorithm.kl_in_reward
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -51,6 +66,8 @@ def test_bad_keys_and_values(override, message):
     (dict(tp=2, pad=3, vocab_size=501), "parallel.tp=2 does not divide the padded vocab size 501"),
     (dict(pp=4), "parallel.pp=4 does not divide num_hidden_layers=6"),
     (dict(tp=2, pp=3, world=8), "world size 8 is not divisible by parallel.tp x parallel.pp = 2 x 3 = 6"),
+    (dict(tp=2, world=6, prompts=8), "trainer.prompts_per_step=8 is not divisible by the data-parallel size 3 "
+                                     "(world size 6 / (parallel.tp x parallel.pp = 2))"),
 ])
 def test_parallelism_errors_name_the_numbers(kwargs, message):
     with pytest.raises(ConfigError) as err:
@@ -61,6 +78,7 @@ def test_parallelism_errors_name_the_numbers(kwargs, message):
 def test_valid_layouts_pass():
     _validate(tp=2, pp=3, world=12)
     _validate(tp=4, pp=2, world=8)
+    _validate(tp=2, world=6, prompts=9)
 
 
 def test_unsupported_architecture_is_named():

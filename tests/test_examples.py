@@ -1,5 +1,6 @@
-"""Every example recipe is valid without running it: shell syntax, config schema, and the TP x PP
-layout against the model's shape at the world size its shell script launches."""
+"""Every example recipe is valid without running it: shell syntax, and the trainer's own start-up
+checks (superrl.config.validate_launch) against the model's shape at the world size its shell script
+launches."""
 import re
 import shlex
 import subprocess
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from superrl.config import load_config, validate_parallelism
+from superrl.config import load_config, validate_launch
 from superrl.hf_config import arch_from_hf_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def _arch(config, text: str):
             return arch_from_hf_config({"hidden_act": "silu", **hf_config})
     if "make_tiny_model.py" in text:
         return _tiny_model_arch(text)
-    pytest.skip(f"model {config.model.hf_dir!r} is unknown to this test; add it to KNOWN_MODELS")
+    pytest.fail(f"model {config.model.hf_dir!r} is unknown to this test; add its config.json facts to KNOWN_MODELS")
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=_rel)
@@ -108,10 +109,7 @@ def test_config_loads_and_fits_its_launch(path):
     assert text, f"no examples/*.sh runs {_rel(path)}"
     line = _launch_line(path, text)
     config = load_config(str(path), re.findall(r"\bparallel\.(?:tp|pp)=\d+", line))
-    world = _world_size(line, text)
-    validate_parallelism(config, _arch(config, text), world)
-    dp = world // (config.parallel.tp * config.parallel.pp)
-    assert config.trainer.prompts_per_step % dp == 0, f"prompts_per_step not divisible by DP={dp}"
+    validate_launch(config, _arch(config, text), _world_size(line, text))
 
 
 def test_qwen_recipes_launch_two_nodes_of_eight():
@@ -122,3 +120,9 @@ def test_qwen_recipes_launch_two_nodes_of_eight():
         config = load_config(str(path))
         assert _world_size(_launch_line(path, text), text) == 16
         assert (config.parallel.tp, config.parallel.pp, config.rollout.engine) == (4, 2, "vllm")
+
+
+def test_a_recipe_with_an_unknown_model_fails():
+    config = load_config(None, ["model.hf_dir=/models/unknown-1b"])
+    with pytest.raises(pytest.fail.Exception, match="unknown-1b"):
+        _arch(config, "python -m superrl.train --config c.yaml")

@@ -2,7 +2,19 @@
 same reward functions as training (a response is correct when its reward > 0.5)."""
 from collections import defaultdict
 
+from transformers import AutoTokenizer
+
+from superrl.config import Config
+from superrl.distributed import ParallelContext
+from superrl.hf_config import ModelArch
+from superrl.rewards.scorer import RewardScorer
 from superrl.rollout import SamplingParams
+from superrl.sync import WeightSync
+from superrl.trainer import checkpoint
+from superrl.trainer.engine_setup import build_engine
+from superrl.trainer.example_data import load_examples
+from superrl.trainer.experience import owns_engine
+from superrl.trainer.model_setup import build_train_state
 
 
 def evaluate(engine, tokenizer, scorer, examples: list, max_tokens: int) -> dict:
@@ -18,3 +30,18 @@ def evaluate(engine, tokenizer, scorer, examples: list, max_tokens: int) -> dict
     result = {f"eval/{source}/accuracy": correct[source] / total[source] for source in sorted(total)}
     result["eval/accuracy"] = sum(correct.values()) / max(sum(total.values()), 1)
     return result
+
+
+def evaluate_checkpoint(config: Config, arch: ModelArch, ctx: ParallelContext, path: str) -> dict:
+    """Model weights of a training checkpoint -> engine -> held-out accuracy (on global rank 0)."""
+    tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
+    examples = load_examples(config, config.data.eval_files, tokenizer, arch).example_set.examples
+    state = build_train_state(config, arch, load_weights=False)
+    checkpoint.load_checkpoint(path, state, arch, load_trainer_state=False)
+    engine = build_engine(config) if owns_engine() else None
+    WeightSync(state.model, arch, engine, config.rollout.sync_bucket_mb).sync()
+    if ctx.rank != 0:
+        return {}
+    with RewardScorer({ex.data_source for ex in examples}, config.reward.function,
+                      timeout_s=config.reward.timeout_s) as scorer:
+        return evaluate(engine, tokenizer, scorer, examples, config.rollout.max_tokens)
