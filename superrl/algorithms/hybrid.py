@@ -21,10 +21,10 @@ Shapes (one rank; B rollout rows, Be expert rows, both right-padded):
                                  omitted (they get weight 0)
 
 The returned loss is this micro-batch's SHARE of the step loss: summing it over micro-batches and
-DP ranks gives exactly the full-batch loss (all normalisers are DP-global counts). Megatron DDP
-averages gradients over DP, so multiply the loss by the DP size before backward (or sum in DDP),
-and reduce `LogSigmaWeights` grads the same way. Metrics are shares too: sum them over
-micro-batches, then all-reduce SUM over DP.
+DP ranks gives exactly the full-batch loss (all normalisers are DP-global counts), so gradients,
+`LogSigmaWeights`' included, are summed over DP (the trainer's loss-normalisation contract:
+superrl/trainer/model_setup.py). Metrics are shares too: sum them over micro-batches, then
+all-reduce SUM over DP.
 
 Weightings (`algorithm.hybrid.weighting`), used while the hybrid is active (some prompt of the
 global batch is routed to SFT); otherwise the loss is plain RL, L = L_PG, for every weighting:
@@ -130,16 +130,13 @@ class LogSigmaWeights(nn.Module):
         s_pg, s_sft = self.clamped()
         return torch.exp(-2 * s_pg).detach(), torch.exp(-2 * s_sft).detach()
 
-    def all_reduce_grads(self, group: ProcessGroup, average: bool = False) -> None:
-        """Reduce the grads over DP like the model's (SUM, or average if DDP averages)."""
+    def all_reduce_grads(self, group: ProcessGroup) -> None:
+        """SUM the grads over DP, like the model's."""
         if group is None:
             return
         for param in (self.s_pg, self.s_sft):
             if param.grad is not None:
-                total = all_reduce_sum(param.grad, group)
-                if average:
-                    total = total / group.size()
-                param.grad.copy_(total)
+                param.grad.copy_(all_reduce_sum(param.grad, group))
 
 
 def _per_prompt_counts(mask: torch.Tensor, prompt_index: torch.Tensor, num_prompts: int,

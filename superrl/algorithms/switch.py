@@ -68,6 +68,11 @@ class AdaptiveSwitch:
         self.transitions: list = []          # all window transitions of the run
 
     # ---- probe (SuperRL v1) -------------------------------------------------------------------
+    @property
+    def needs_probe(self) -> bool:
+        """Mode `probe` before its decision is made (by probe() or a restored state)."""
+        return self.cfg.mode == "probe" and self._probe is None
+
     def probe(self, rewards: torch.Tensor, group: ProcessGroup = None) -> dict:
         """Decide once, from probe rollouts `[P_local, K]`, whether the whole run is sparse."""
         if self.cfg.mode != "probe":

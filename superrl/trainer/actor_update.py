@@ -1,56 +1,62 @@
 """The Hybrid Actor's optimizer step: PG on rollout rows and SFT on expert rows of the same
 micro-batches, combined by superrl.algorithms.hybrid on the last pipeline stage."""
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from megatron.core import parallel_state as mpu
 
 from superrl.algorithms.counts import global_token_mean
 from superrl.algorithms.hybrid import (ExpertTokens, LogSigmaWeights, RolloutTokens, build_loss_scales,
                                        hybrid_loss)
-from superrl.trainer.batching import EXPERT, ROLLOUT, target_mask
+from superrl.trainer.batching import EXPERT, ROLLOUT, RowSet, target_mask
 from superrl.trainer.step import IGNORE, forward_outputs, train_step
 
 
-def attach_old_logprobs(model, micro_batches: list, key: str = "old_logprobs") -> None:
-    """Recompute log pi(token) with the given model (current policy or frozen reference) and store
-    them per micro-batch on the last stage, where the loss needs them."""
-    outputs = forward_outputs(model, micro_batches)
-    if outputs is None:
-        return
-    for mb, (logprobs, entropy) in zip(micro_batches, outputs):
-        mb.extras[key] = logprobs
-        if key == "old_logprobs":
-            mb.extras["old_entropy"] = entropy
+@dataclass
+class ActorUpdate:
+    """What one actor step consumes; features (feature.py) add their parts in `before_update`."""
+    micro_batches: list  # [MicroBatch]
+    log_sigma: Optional[LogSigmaWeights] = None  # the learnable loss weights, when they are used
+
+
+def attach_old_logprobs(model, micro_batches: list) -> None:
+    """Recompute log pi_old(token) and its entropy under the current policy, on the last stage
+    (where the loss needs them)."""
+    for mb, (logprobs, entropy) in zip(micro_batches, forward_outputs(model, micro_batches)):
+        mb.old_logprobs, mb.old_entropy = logprobs, entropy
 
 
 def _policy_entropy(micro_batches: list) -> float:
     """DP-global token-mean entropy of the rollout tokens under the current policy (detached)."""
     values = []
     for mb in micro_batches:
-        rows = mb.extras["kind"] == ROLLOUT
-        values.append(mb.extras["old_entropy"][rows][mb.targets[rows] != IGNORE])
+        rows = mb.row_kind == ROLLOUT
+        values.append(mb.old_entropy[rows][mb.targets[rows] != IGNORE])
     values = torch.cat(values)  # flat: micro-batches may differ in width
     return global_token_mean(values, torch.ones_like(values), mpu.get_data_parallel_group())
 
 
-def loss_scales(cfg, decision, rollout, experts, micro_batches: list):
+def loss_scales(cfg, decision, rollout: RowSet, experts: RowSet, micro_batches: list):
     """Step-wide gates and DP-global normalisers (last stage only; None elsewhere)."""
     if not mpu.is_pipeline_last_stage():
         return None
     entropy = _policy_entropy(micro_batches) if cfg.hybrid.weighting == "entropy" else None
-    return build_loss_scales(cfg, decision, target_mask(rollout[0]), rollout[1], target_mask(experts[0]),
-                             experts[1], num_micro_batches=len(micro_batches),
-                             group=mpu.get_data_parallel_group(), policy_entropy=entropy)
+    return build_loss_scales(cfg, decision, target_mask(rollout.rows), rollout.prompt_index,
+                             target_mask(experts.rows), experts.prompt_index,
+                             num_micro_batches=len(micro_batches), group=mpu.get_data_parallel_group(),
+                             policy_entropy=entropy)
 
 
-def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma):
+def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma: Optional[LogSigmaWeights]):
     def loss_fn(logprobs, entropy, mb):
-        kind, index = mb.extras["kind"], mb.extras["index"]
+        kind, index = mb.row_kind, mb.row_index
         mask = (mb.targets != IGNORE).to(logprobs.dtype)
         r, e = (kind == ROLLOUT).nonzero().squeeze(1), (kind == EXPERT).nonzero().squeeze(1)
         rollout = expert = None
         if len(r):
-            ref = mb.extras.get("ref_logprobs")
-            rollout = RolloutTokens(logprobs[r], mb.extras["old_logprobs"][r], advantages[index[r]].to(logprobs.dtype),
+            ref = mb.ref_logprobs
+            rollout = RolloutTokens(logprobs[r], mb.old_logprobs[r], advantages[index[r]].to(logprobs.dtype),
                                     mask[r], entropy[r], None if ref is None else ref[r])
         if len(e):
             expert = ExpertTokens(logprobs[e], mask[e])
@@ -60,36 +66,6 @@ def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma):
     return loss_fn
 
 
-class LogSigmaTrainer:
-    """The learnable `log_sigma` weights and their Adam, on the last stage (where the loss is).
-
-    Their gradients are summed over DP like the model's, since the loss is globally normalised.
-    """
-
-    def __init__(self, hybrid_cfg, lr: float):
-        self.weights = LogSigmaWeights.from_config(hybrid_cfg)
-        self.optimizer = torch.optim.Adam(self.weights.parameters(), lr=lr)
-
-    def step(self, apply: bool) -> None:
-        """`apply=False`: the policy step was skipped (non-finite), so these weights stay too."""
-        self.weights.all_reduce_grads(mpu.get_data_parallel_group())
-        if apply:
-            self.optimizer.step()
-        self.optimizer.zero_grad()
-
-    def state_dict(self) -> dict:
-        return {"weights": self.weights.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.weights.load_state_dict(state["weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-
-def actor_step(state, cfg, scales, advantages: torch.Tensor, micro_batches: list,
-               log_sigma: LogSigmaTrainer = None) -> dict:
-    """One optimizer step of the policy (and of the learnable log-sigma weights, if used)."""
-    weights = log_sigma.weights if log_sigma is not None else None
-    metrics = train_step(state, micro_batches, _hybrid_loss_fn(cfg, scales, advantages, weights))
-    if log_sigma is not None and mpu.is_pipeline_last_stage():
-        log_sigma.step(apply=bool(metrics["step_applied"]))
-    return metrics
+def actor_step(state, cfg, scales, advantages: torch.Tensor, update: ActorUpdate) -> dict:
+    """One optimizer step of the policy on `update`'s micro-batches."""
+    return train_step(state, update.micro_batches, _hybrid_loss_fn(cfg, scales, advantages, update.log_sigma))

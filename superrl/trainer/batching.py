@@ -1,17 +1,18 @@
 """Pack rollout rows (prompt + response) and expert rows (prompt + y*) into micro-batches.
 
-Rows are sorted by length so rows of similar length share a micro-batch (little padding); the
-losses are normalised by global counts, so grouping does not change what is optimised. Pipeline
+Rows are sorted by length so rows of similar length share a micro-batch (little padding); under
+the loss-normalisation contract (model_setup.py) grouping does not change what is optimised. Pipeline
 schedules need every micro-batch of a step to share one [micro_batch_size, S] shape, so with PP > 1
 rows are padded to the step's longest row; without PP each micro-batch is only as wide as its own
-longest row. The last micro-batch is filled with padding rows that carry no targets. Row kinds and
-row indices travel in `MicroBatch.extras`.
+longest row. The last micro-batch is filled with padding rows that carry no targets. Each row's kind
+and index travel in `MicroBatch.row_kind` / `MicroBatch.row_index`.
 
 A response with no tokens (an engine may return one; the embedded engine always returns at least
 the EOS it stopped on) is a row without targets: it adds nothing to the loss or its token counts,
 and rows are at least one position wide, so a micro-batch never has zero width.
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -33,23 +34,29 @@ class Row:
         return tokens[:-1], targets
 
 
-def rollout_rows(examples: list, response_ids: list) -> tuple:
-    """Rows for every (prompt, response) pair; also each row's local prompt index [B]."""
+class RowSet(NamedTuple):
+    """The step's local rows of one kind, and the local prompt each row belongs to."""
+    rows: list  # [Row], Row.index = position in this list
+    prompt_index: torch.Tensor  # [len(rows)] long
+
+
+def rollout_rows(examples: list, response_ids: list) -> RowSet:
+    """Rows for every (prompt, response) pair."""
     rows, prompt_index = [], []
     for p, (ex, responses) in enumerate(zip(examples, response_ids)):
         for response in responses:
             rows.append(Row(ROLLOUT, len(rows), list(ex.prompt_ids), list(response)))
             prompt_index.append(p)
-    return rows, torch.tensor(prompt_index, dtype=torch.long)
+    return RowSet(rows, torch.tensor(prompt_index, dtype=torch.long))
 
 
-def expert_rows(examples: list, sft_prompts: list) -> tuple:
+def expert_rows(examples: list, sft_prompts: list) -> RowSet:
     """Rows of the expert trajectories y* of the prompts the switch routed to SFT."""
     rows, prompt_index = [], []
     for p in sft_prompts:
         rows.append(Row(EXPERT, len(rows), list(examples[p].prompt_ids), list(examples[p].expert_ids)))
         prompt_index.append(p)
-    return rows, torch.tensor(prompt_index, dtype=torch.long)
+    return RowSet(rows, torch.tensor(prompt_index, dtype=torch.long))
 
 
 def target_mask(rows: list) -> torch.Tensor:
@@ -88,4 +95,4 @@ def _micro_batch(rows: list, pad_id: int, width) -> MicroBatch:
         tokens[i, :len(inputs)] = torch.tensor(inputs)
         targets[i, :len(row_targets)] = torch.tensor(row_targets)
         kinds[i], indices[i] = row.kind, row.index
-    return MicroBatch(tokens, targets, {"kind": kinds, "index": indices})
+    return MicroBatch(tokens, targets, row_kind=kinds, row_index=indices)

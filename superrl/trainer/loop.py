@@ -1,5 +1,6 @@
-"""The SuperRL loop (SPEC 3): prompts -> rollouts -> rewards -> switch -> hybrid loss -> optimizer
-step -> weight sync -> next step. One `Trainer` per rank; every collective is explicit here."""
+"""The SuperRL loop: prompts -> rollouts -> rewards -> switch -> hybrid loss -> optimizer step ->
+weight sync -> next step. One `Trainer` per rank; every collective is explicit here. Optional parts
+(reference KL, learnable log-sigma weights, the probe) attach as features (feature.py)."""
 import time
 
 import torch
@@ -9,76 +10,71 @@ from transformers import AutoTokenizer
 from superrl.algorithms.advantages import compute_advantages
 from superrl.algorithms.counts import all_reduce_sum, count_vector
 from superrl.algorithms.switch import AdaptiveSwitch
-from superrl.config import Config, ConfigError
-from superrl.data import PromptDataLoader, build_examples, load_rows
+from superrl.config import Config
+from superrl.data import PromptDataLoader
 from superrl.distributed import ParallelContext
 from superrl.hf_config import ModelArch, read_hf_config
 from superrl.rewards.scorer import RewardScorer
-from superrl.trainer import actor_update, batching, checkpoint
+from superrl.sync import WeightSync
+from superrl.trainer import batching, checkpoint
+from superrl.trainer.actor_update import ActorUpdate, actor_step, attach_old_logprobs, loss_scales
 from superrl.trainer.engine_setup import build_engine
 from superrl.trainer.evaluate import evaluate
+from superrl.trainer.example_data import load_examples
 from superrl.trainer.experience import (generate_and_score, owns_engine, sampling_params,
                                         share_with_model_parallel_group)
+from superrl.trainer.log_sigma import LearnableLossWeights
 from superrl.trainer.metrics import MetricsLogger, resident_memory_mb
-from superrl.trainer.model_setup import build_reference_model, build_train_state
-from superrl.sync import WeightSync
+from superrl.trainer.model_setup import build_train_state
+from superrl.trainer.probe import RewardProbe
+from superrl.trainer.reference_kl import ReferenceKL
 from superrl.weights.megatron_checkpoint import checkpoint_metadata
+
+# Built in this order (the reference model's initialisation draws from the seeded RNG).
+FEATURES = (ReferenceKL, LearnableLossWeights, RewardProbe)
+# rollout seed = trainer.seed * SEED_STRIDE + step; a stride above any run's step count, so no two
+# (trainer.seed, step) pairs share a rollout seed
+SEED_STRIDE = 1_000_003
 
 
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive steps with NaN/Inf loss or gradients."""
 
 
-def load_examples(config: Config, files: list, tokenizer, arch: ModelArch):
-    loaded = load_rows(files, skip_bad_rows=config.data.skip_bad_rows)
-    # an expert row (prompt + expert response) must fit the positions the model has
-    max_expert_len = arch.max_position_embeddings - config.data.max_prompt_len
-    examples = build_examples(loaded.rows, tokenizer, max_prompt_len=config.data.max_prompt_len,
-                              template=config.data.prompt_template, max_expert_len=max_expert_len)
-    return loaded, examples
-
-
 class Trainer:
     def __init__(self, config: Config, arch: ModelArch, ctx: ParallelContext):
-        if config.algorithm.kl_in_reward and config.algorithm.kl_coef > 0:
-            raise ConfigError("algorithm.kl_in_reward=true is not supported by the trainer; use the KL "
-                              "loss term (algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
-        if config.trainer.max_consecutive_bad_steps < 1:
-            raise ConfigError(f"trainer.max_consecutive_bad_steps={config.trainer.max_consecutive_bad_steps} "
-                              "must be >= 1")
-        if config.trainer.prompts_per_step % ctx.dp_size:
-            raise ConfigError(f"trainer.prompts_per_step={config.trainer.prompts_per_step} is not divisible "
-                              f"by the data-parallel size {ctx.dp_size}")
+        """`config` has passed every check of superrl.config (trainer/launch.py runs them)."""
         self.config, self.arch, self.ctx = config, arch, ctx
         self.tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
-        loaded, self.example_set = load_examples(config, config.data.train_files, self.tokenizer, arch)
-        self.data_stats = {"data/skipped_rows": float(len(loaded.skipped)),
+        loaded = load_examples(config, config.data.train_files, self.tokenizer, arch)
+        self.example_set = loaded.example_set
+        self.data_stats = {"data/skipped_rows": float(len(loaded.rows.skipped)),
                            "data/prompts_dropped": float(self.example_set.prompts_dropped),
                            "data/prompts_truncated": float(self.example_set.prompts_truncated),
                            "data/experts_truncated": float(self.example_set.experts_truncated)}
         self.loader = PromptDataLoader(self.example_set.examples, config.trainer.prompts_per_step,
                                        seed=config.trainer.seed)
         self.state = build_train_state(config, arch)
-        self.reference = build_reference_model(config, arch) if config.algorithm.kl_coef > 0 else None
+        self.features = [feature(config, arch) for feature in FEATURES if feature.enabled(config)]
         self.switch = AdaptiveSwitch(config.algorithm.switch)
-        self.log_sigma = (actor_update.LogSigmaTrainer(config.algorithm.hybrid, config.optim.lr)
-                          if config.algorithm.hybrid.weighting == "log_sigma" else None)
         self.engine = build_engine(config) if owns_engine() else None
         self.scorer = (RewardScorer(self.example_set.data_sources, config.reward.function,
                                     timeout_s=config.reward.timeout_s) if owns_engine() else None)
         self.sync = WeightSync(self.state.model, arch, self.engine, config.rollout.sync_bucket_mb)
-        self.eval_examples = (load_examples(config, config.data.eval_files, self.tokenizer, arch)[1].examples
+        self.eval_examples = (load_examples(config, config.data.eval_files, self.tokenizer, arch).example_set.examples
                               if config.data.eval_files else [])
         self.step = 0
         self.skipped_steps = 0  # non-finite steps over the whole run (checkpointed)
         self.consecutive_bad_steps = 0
 
     # ---- rollouts ---------------------------------------------------------------------------
-    def _local_prompts(self, examples: list) -> list:
+    def local_prompts(self, examples: list) -> list:
+        """This DP rank's share of a step's prompts."""
         per_rank = len(examples) // self.ctx.dp_size
         return examples[self.ctx.dp_rank * per_rank:(self.ctx.dp_rank + 1) * per_rank]
 
-    def _rollout(self, examples: list, seed: int):
+    def rollout(self, examples: list, seed: int):
+        """Rollouts of this rank's prompts, generated and scored by its group's engine rank."""
         rollouts = None
         if self.engine is not None:
             params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id)
@@ -87,46 +83,19 @@ class Trainer:
                                           prompt_index_offset=self.ctx.dp_rank * len(examples))
         return share_with_model_parallel_group(rollouts)
 
-    def _rollout_seed(self, step: int) -> int:
-        return self.config.trainer.seed * 1_000_003 + step
-
-    def run_probe(self) -> dict:
-        """SuperRL v1: one probe rollout decides for the whole run whether rewards are sparse."""
-        cfg = self.config.algorithm.switch
-        probe_loader = PromptDataLoader(self.example_set.examples,
-                                        min(cfg.probe_prompts, len(self.example_set.examples)),
-                                        seed=self.config.trainer.seed + 1)
-        rollouts = self._rollout(self._local_prompts(next(probe_loader)), seed=self._rollout_seed(-1))
-        return self.switch.probe(rollouts.rewards, group=mpu.get_data_parallel_group())
+    def rollout_seed(self, step: int) -> int:
+        return self.config.trainer.seed * SEED_STRIDE + step
 
     # ---- one step ---------------------------------------------------------------------------
     def train_step(self) -> dict:
-        cfg, timings = self.config, {}
+        timings = {}
         t0 = time.perf_counter()
-        examples = self._local_prompts(next(self.loader))
-        rollouts = self._rollout(examples, self._rollout_seed(self.step))
+        examples = self.local_prompts(next(self.loader))
+        rollouts = self.rollout(examples, self.rollout_seed(self.step))
         timings["timing/rollout_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        dp_group = mpu.get_data_parallel_group()
-        advantages = compute_advantages(rollouts.rewards, cfg.algorithm.advantage, cfg.algorithm.norm_by_std,
-                                        cfg.algorithm.adv_eps, group=dp_group)
-        has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
-        decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
-                                      advantages=advantages, sources=[ex.data_source for ex in examples],
-                                      group=dp_group)
-        rollout = batching.rollout_rows(examples, rollouts.response_ids)
-        sft_prompts = (~decision.gates).nonzero().squeeze(1).tolist()
-        experts = batching.expert_rows(examples, sft_prompts)
-        micro_batches = batching.pack_micro_batches(rollout[0] + experts[0], cfg.optim.micro_batch_size,
-                                                    self.tokenizer.pad_token_id,
-                                                    uniform_width=self.ctx.pp_size > 1)
-        actor_update.attach_old_logprobs(self.state.model, micro_batches)
-        if self.reference is not None:
-            actor_update.attach_old_logprobs(self.reference, micro_batches, key="ref_logprobs")
-        scales = actor_update.loss_scales(cfg.algorithm, decision, rollout, experts, micro_batches)
-        metrics = actor_update.actor_step(self.state, cfg.algorithm, scales, advantages.flatten(),
-                                          micro_batches, self.log_sigma)
+        metrics, decision, rollout = self._update_actor(examples, rollouts)
         timings["timing/train_s"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -134,7 +103,32 @@ class Trainer:
         timings["timing/sync_s"] = time.perf_counter() - t2
         timings["timing/step_s"] = time.perf_counter() - t0
         self.step += 1
-        return self._step_metrics(metrics, decision, rollouts, rollout[0], timings)
+        return self._step_metrics(metrics, decision, rollouts, rollout.rows, timings)
+
+    def _update_actor(self, examples: list, rollouts) -> tuple:
+        """Advantages, the switch's decision, then one optimizer step on rollout and expert rows;
+        returns (metrics, decision, rollout RowSet)."""
+        algorithm, dp_group = self.config.algorithm, mpu.get_data_parallel_group()
+        advantages = compute_advantages(rollouts.rewards, algorithm.advantage, algorithm.norm_by_std,
+                                        algorithm.adv_eps, group=dp_group)
+        has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
+        decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
+                                      advantages=advantages, sources=[ex.data_source for ex in examples],
+                                      group=dp_group)
+        rollout = batching.rollout_rows(examples, rollouts.response_ids)
+        experts = batching.expert_rows(examples, (~decision.gates).nonzero().squeeze(1).tolist())
+        update = ActorUpdate(batching.pack_micro_batches(rollout.rows + experts.rows,
+                                                         self.config.optim.micro_batch_size,
+                                                         self.tokenizer.pad_token_id,
+                                                         uniform_width=self.ctx.pp_size > 1))
+        attach_old_logprobs(self.state.model, update.micro_batches)
+        for feature in self.features:
+            feature.before_update(update)
+        scales = loss_scales(algorithm, decision, rollout, experts, update.micro_batches)
+        metrics = actor_step(self.state, algorithm, scales, advantages.flatten(), update)
+        for feature in self.features:
+            feature.after_update(metrics)
+        return metrics, decision, rollout
 
     def _step_metrics(self, metrics: dict, decision, rollouts, rows: list, timings: dict) -> dict:
         eps = self.config.algorithm.switch.eps
@@ -180,8 +174,8 @@ class Trainer:
 
     def trainer_state(self) -> dict:
         return {"step": self.step, "loader": self.loader.state_dict(), "switch": self.switch.state_dict(),
-                "log_sigma": self.log_sigma.state_dict() if self.log_sigma else None,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps,
+                "features": {feature.name: feature.state_dict() for feature in self.features}}
 
     def save(self) -> str:
         return checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
@@ -194,8 +188,8 @@ class Trainer:
         self.loader.load_state_dict(saved["loader"])
         self.switch.load_state_dict(saved["switch"])
         self.skipped_steps = saved["skipped_steps"]
-        if self.log_sigma is not None:
-            self.log_sigma.load_state_dict(saved["log_sigma"])
+        for feature in self.features:
+            feature.load_state_dict(saved["features"].get(feature.name, {}))
 
     def _resume_point(self) -> tuple:
         """(checkpoint path, its metadata if already validated), or (None, None) to start fresh."""
@@ -218,8 +212,8 @@ class Trainer:
             self.resume(path, meta)
         self.sync.sync()  # the engine starts from the trainer's weights, fresh or resumed
         logger = MetricsLogger(t.run_dir, t.total_steps, start_step=self.step, enabled=self.ctx.rank == 0)
-        if self.config.algorithm.switch.mode == "probe" and self.switch.state_dict()["probe"] is None:
-            logger.log_event("probe", self.run_probe())
+        for feature in self.features:
+            feature.start(self, logger)
         while self.step < t.total_steps:
             metrics = self.train_step()
             self._count_bad_step(metrics)
@@ -254,17 +248,3 @@ class Trainer:
         if self.scorer is not None:
             self.scorer.close()
 
-
-def evaluate_checkpoint(config: Config, arch: ModelArch, ctx: ParallelContext, path: str) -> dict:
-    """Model weights of a training checkpoint -> engine -> held-out accuracy (on global rank 0)."""
-    tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
-    examples = load_examples(config, config.data.eval_files, tokenizer, arch)[1].examples
-    state = build_train_state(config, arch, load_weights=False)
-    checkpoint.load_checkpoint(path, state, arch, load_trainer_state=False)
-    engine = build_engine(config) if owns_engine() else None
-    WeightSync(state.model, arch, engine, config.rollout.sync_bucket_mb).sync()
-    if ctx.rank != 0:
-        return {}
-    with RewardScorer({ex.data_source for ex in examples}, config.reward.function,
-                      timeout_s=config.reward.timeout_s) as scorer:
-        return evaluate(engine, tokenizer, scorer, examples, config.rollout.max_tokens)

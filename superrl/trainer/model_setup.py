@@ -1,4 +1,12 @@
-"""Model, DDP wrapper, DistributedOptimizer (AdamW) and LR scheduler for one rank, built explicitly."""
+"""Model, DDP wrapper, DistributedOptimizer (AdamW) and LR scheduler for one rank, built explicitly.
+
+Loss-normalisation contract: every loss arrives already divided by DP-global counts (the tokens
+or sequences of the whole step: all micro-batches on all DP ranks), so the plain SUM of gradients
+over micro-batches and DP ranks is the full-batch gradient. This module enforces it: DDP is built
+on the model's `calculate_per_token_loss` config (models/gpt.py), under which megatron's schedule
+does not divide by the number of micro-batches and DDP sums gradients instead of averaging them,
+and `_finalize_grads_without_token_scaling` keeps megatron from rescaling by its own token count.
+"""
 from dataclasses import dataclass
 
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -21,15 +29,9 @@ class TrainState:
     arch: ModelArch
     padded_vocab: int
 
-    @property
-    def chunks(self) -> list:
-        return [self.model]
-
 
 def _finalize_grads_without_token_scaling(model_chunks, num_tokens=None, **kwargs):
-    # Our losses are divided by global (all-reduced) counts before backward, so megatron must
-    # sum DP gradients as they are instead of rescaling by its own token count.
-    return finalize_model_grads(model_chunks, num_tokens=None, **kwargs)
+    return finalize_model_grads(model_chunks, num_tokens=None, **kwargs)  # the contract above
 
 
 def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True) -> TrainState:
@@ -44,8 +46,6 @@ def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
         use_distributed_optimizer=config.optim.use_distributed_optimizer)
-    # model.config.calculate_per_token_loss (set in transformer_config) makes DDP sum, not average,
-    # gradients over DP: our losses are already globally normalised.
     ddp_model = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     optimizer = get_megatron_optimizer(_optimizer_config(config), [ddp_model])
     tconfig = model.config
@@ -80,12 +80,3 @@ def load_initial_weights(model, config: Config, arch: ModelArch, padded_vocab: i
     else:
         load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
 
-
-def build_reference_model(config: Config, arch: ModelArch):
-    """Frozen copy of the initial policy for the KL term (forward only, no DDP, no optimizer)."""
-    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
-    model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
-                               config.model.transformer_engine)
-    load_initial_weights(model, config, arch, padded_vocab)
-    model.requires_grad_(False)
-    return model

@@ -1,16 +1,15 @@
 """One optimizer step over a list of micro-batches, through megatron's pipeline schedule.
 
 The loss function sees the last stage's per-token (logprobs, entropy) and the micro-batch, and
-returns a loss that is already divided by global (DP-wide, all-micro-batch) counts, so summing
-gradients over micro-batches and DP ranks gives exactly the full-batch gradient.
+returns its share of the step loss under the loss-normalisation contract of model_setup.py.
 
 A step whose loss or gradients hold NaN/Inf anywhere in the job is skipped on every rank: the
 weights, optimizer moments and LR schedule stay as they were (fp32 megatron has no grad scaler to
 catch it, and clipping a NaN norm would write NaN into every weight).
 """
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,7 +25,13 @@ IGNORE = -100
 class MicroBatch:
     tokens: torch.Tensor  # [b, s] input ids (right-padded)
     targets: torch.Tensor  # [b, s] next-token ids, IGNORE where no loss is taken
-    extras: dict = field(default_factory=dict)  # per-token/per-sequence tensors the loss needs
+    # The RL step's rows (batching.py); a plain SFT batch has none of these.
+    row_kind: Optional[torch.Tensor] = None  # [b] ROLLOUT | EXPERT | PADDING
+    row_index: Optional[torch.Tensor] = None  # [b] index among the step's rows of that kind
+    # Recomputed before the update, on the last pipeline stage only (None elsewhere).
+    old_logprobs: Optional[torch.Tensor] = None  # [b, s] log pi_old of the rollout policy
+    old_entropy: Optional[torch.Tensor] = None  # [b, s] its token entropy
+    ref_logprobs: Optional[torch.Tensor] = None  # [b, s] log pi_ref of the frozen reference (KL)
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -119,9 +124,9 @@ def sft_loss_fn(global_target_tokens: float) -> LossFn:
     return loss_fn
 
 
-def forward_outputs(model, micro_batches: list):
-    """Forward only: the last stage gets each micro-batch's detached (logprobs, entropy) [b, s];
-    other stages get None. Used to recompute old-policy and reference log-probs."""
+def forward_outputs(model, micro_batches: list) -> list:
+    """Forward only: on the last stage, each micro-batch's detached (logprobs, entropy) [b, s];
+    empty on the other stages. Used to recompute old-policy and reference log-probs."""
     outputs = []
 
     def record(logprobs, entropy, mb):
@@ -130,4 +135,4 @@ def forward_outputs(model, micro_batches: list):
 
     with torch.no_grad():
         forward_backward(model, micro_batches, record, forward_only=True)
-    return outputs if mpu.is_pipeline_last_stage() else None
+    return outputs

@@ -1,0 +1,34 @@
+"""The one interface through which an optional part of training attaches to the loop.
+
+The loop builds every enabled feature once, calls each at the same points of every run and step,
+and checkpoints each one's state under its name, so neither `Trainer.__init__`, `train_step`, the
+saved trainer state nor resume branch on any particular feature (the way torchtitan attaches its
+optional components). A feature overrides only the hooks it needs; the defaults do nothing.
+"""
+
+
+class TrainerFeature:
+    """Built as `Feature(config, arch)` (a Config and a ModelArch) when `Feature.enabled(config)`."""
+    name: str  # key of its state in the trainer checkpoint
+
+    @staticmethod
+    def enabled(config) -> bool:
+        """Whether `config` (a superrl.config.Config) turns this feature on."""
+        raise NotImplementedError
+
+    def start(self, trainer, logger) -> None:
+        """Once per run, after any resume and the first weight sync, before the first step."""
+
+    def before_update(self, update) -> None:
+        """Every step, once the old log-probs are attached to `update.micro_batches` (an
+        actor_update.ActorUpdate) and before the loss scales and the optimizer step."""
+
+    def after_update(self, metrics: dict) -> None:
+        """Every step, after the policy's optimizer step (`metrics["step_applied"]`: whether it
+        was applied or skipped as non-finite)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """`state` is what `state_dict()` saved, or {} if the checkpoint has none for this feature."""
