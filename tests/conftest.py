@@ -26,3 +26,17 @@ def tiny_llama(tmp_path_factory) -> str:
 def tiny_qwen2(tmp_path_factory) -> str:
     """Qwen2-style: qkv bias, untied embeddings, GQA, hidden 64, 2 layers, vocab 512."""
     return _make_tiny(tmp_path_factory, "qwen2")
+
+
+@pytest.fixture
+def no_leftover_processes(monkeypatch):
+    """Fails the test if any process it started is alive 10 s after it ended (then kills them).
+    Apply to every test that kills or crashes a run."""
+    from process_tree import TAG_ENV, new_tag, survivors_after_grace
+
+    tag = new_tag()
+    monkeypatch.setenv(TAG_ENV, tag)
+    yield
+    survivors = survivors_after_grace(tag)
+    if survivors:
+        pytest.fail("processes outlived the test by 10 s:\n  " + "\n  ".join(survivors), pytrace=False)

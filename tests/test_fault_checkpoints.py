@@ -20,7 +20,7 @@ from trainer_runs import (deterministic_metrics, kill_run, make_arith_files, sta
 from superrl.trainer.metrics import read_metrics
 from superrl.weights.megatron_checkpoint import DIST_CKPT_DIR, METADATA_FILE
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftover_processes")]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from superrl.trainer.batching import ROLLOUT, Row, pack_micro_batches, target_ma
 from superrl.trainer.metrics import read_metrics
 from superrl.trainer.step import IGNORE
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftover_processes")]
 MISBEHAVING = "reward_fixtures:misbehaving_by_truth"
 TIMEOUT_S = 1.0
 

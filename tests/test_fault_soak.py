@@ -11,7 +11,7 @@ from trainer_runs import deterministic_metrics, kill_run, make_arith_files, star
 from superrl.trainer.checkpoint import complete_checkpoints
 from superrl.trainer.metrics import read_metrics
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.usefixtures("no_leftover_processes")]
 STEPS, SAVE_EVERY, CRASH_AFTER = 200, 25, 110
 WARMUP = 20  # allocator and caches settle in the first steps of each process
 

@@ -13,8 +13,8 @@ The metadata file is written last, so a checkpoint without it is incomplete. It 
 other file's size and CRC-32 (superrl/weights/checkpoint_manifest.py), checked before any load.
 """
 import json
-import multiprocessing
 import os
+import queue
 import shutil
 
 import torch.distributed as dist
@@ -100,12 +100,13 @@ def copy_hf_files(src_dir: str, dst_dir: str) -> None:
             shutil.copy2(path, os.path.join(dst_dir, name))
 
 
-def _use_forked_writer_results_queue() -> None:
-    # megatron's filesystem writer lazily starts a `spawn` multiprocessing Manager for its results
-    # queue; the spawned child re-imports __main__ (megatron, transformers: 10-20 s on a busy CPU
-    # box) and deadlocks scripts without a __main__ guard. A forked Manager serves the same queue.
+def _use_in_process_writer_results_queue() -> None:
+    # megatron's filesystem writer lazily starts a multiprocessing Manager (a server process) for
+    # the queue its writer reports through, for async saves whose writer runs in another process.
+    # Our saves are synchronous: the writer runs in this process (AsyncRequest.execute_sync), so a
+    # plain queue carries the result, and no Manager exists to outlive a killed trainer.
     if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+        filesystem_async._results_queue = queue.Queue()
 
 
 def save_sharded_state(sharded_state_dict: dict, directory: str, metadata: dict) -> None:
@@ -116,7 +117,7 @@ def save_sharded_state(sharded_state_dict: dict, directory: str, metadata: dict)
             os.remove(os.path.join(directory, METADATA_FILE))  # incomplete until rewritten below
         os.makedirs(dist_dir, exist_ok=True)
     dist.barrier()
-    _use_forked_writer_results_queue()
+    _use_in_process_writer_results_queue()
     dist_checkpointing.save(sharded_state_dict, dist_dir)  # synchronous: returns once written
     dist.barrier()  # every rank's files are complete before any rank hashes them
     manifest = build_manifest(directory, exclude=METADATA_FILE)
