@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from process_memory import reset_peak_resident, resident_bytes  # bench/, the script's own dir
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"logits": ("naive_logits", "fused_logits"), "linear": ("naive_linear", "fused_linear")}
 FULL_SHAPES = [(2048, 32000), (2048, 151936), (8192, 32000), (8192, 151936)]
@@ -25,17 +27,6 @@ IGNORED_FRACTION = 0.05  # a few -100 positions, as in real packed RL batches
 
 
 # ----------------------------------------------------------------------------- worker process
-def _rss_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS
-
-
 def _naive_outputs(logits, targets):
     import torch
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -83,8 +74,8 @@ def run_worker(variant: str, tokens: int, vocab: int, hidden: int, repeats: int)
     _one_step(variant, *_make_inputs(variant, 64, 512, 32))
     leaves, targets, upstream = _make_inputs(variant, tokens, vocab, hidden)
     gc.collect()
-    baseline = _rss_bytes("VmRSS")
-    _reset_peak_rss()
+    baseline = resident_bytes("VmRSS")
+    reset_peak_resident()
     walls, cpus = [], []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -93,7 +84,7 @@ def run_worker(variant: str, tokens: int, vocab: int, hidden: int, repeats: int)
         cpus.append(time.process_time() - cpu)
     best = min(range(repeats), key=walls.__getitem__)
     return {"variant": variant, "T": tokens, "V": vocab, "hidden": hidden,
-            "peak_extra_bytes": _rss_bytes("VmHWM") - baseline, "baseline_rss_bytes": baseline,
+            "peak_extra_bytes": resident_bytes("VmHWM") - baseline, "baseline_rss_bytes": baseline,
             "wall_s": walls[best], "cpu_s": cpus[best], "all_wall_s": walls}
 
 

@@ -12,6 +12,7 @@ Python/allocator growth is not charged to a bucket size.
 import argparse
 import json
 import os
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -27,12 +28,8 @@ from superrl.rollout.shared_weights import MEMFD_NAME
 from superrl.sync import WeightSync, build_plan
 from superrl.weights.load import load_hf_weights
 
-
-def resident_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
+from process_memory import reset_peak_resident, resident_bytes  # noqa: E402
 
 
 def engine_weights_resident_bytes() -> int:
@@ -54,7 +51,7 @@ def measure_sync(make_sync, repeats: int, largest_tensor_bytes: int) -> dict:
     dist.barrier()
     arena_baseline = engine_weights_resident_bytes()
     baseline = resident_bytes("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    reset_peak_resident()
     sync = make_sync()
     seconds = []
     for _ in range(repeats):
