@@ -15,7 +15,7 @@ import pytest
 from trainer_runs import (deterministic_metrics, kill_run, make_arith_files, start_training, train, wait_until,
                           write_config)
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftover_processes")]
 
 STEPS, SAVE_EVERY = 4, 2  # the resumed runs restart from the step-2 checkpoint and replay steps 3-4
 LR = 1.0e-3  # optim.lr in trainer_runs.write_config; the log-sigma Adam uses it too
