@@ -3,7 +3,7 @@ TP2 / PP2 / TP2xPP2, and the peak-memory bound."""
 import pytest
 from safetensors import safe_open
 
-from dist_harness import run_torchrun
+from dist_harness import REPO_ROOT, run_torchrun
 from superrl.hf_config import load_arch
 from superrl.sync import build_plan
 
@@ -69,10 +69,10 @@ def vocab_heavy_llama(tmp_path_factory) -> str:
 @pytest.mark.parametrize("tp", [1, 2])
 def test_sync_peak_memory_within_one_bucket_plus_largest_tensor(vocab_heavy_llama, monkeypatch, tp):
     """Both transports, every rank: resident high-water mark from building the WeightSync to the end
-    of its sync (see tests/workers/sync_measure.py). At TP2 the collective transport gathers the TP
+    of its sync (see bench/workers/sync_measure.py). At TP2 the collective transport gathers the TP
     parts of the vocab-parallel embedding (the largest tensor) straight into place."""
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # tensors are mmapped, and unmapped on free
-    per_rank = run_torchrun("sync_measure.py", tp, ["--hf-dir", vocab_heavy_llama, "--tp", tp,
+    per_rank = run_torchrun(str(REPO_ROOT / "bench/workers/sync_measure.py"), tp, ["--hf-dir", vocab_heavy_llama, "--tp", tp,
                                                     "--bucket-mb", "0.25", "1"])
     for result in per_rank:
         assert {s["transport"] for s in result["syncs"]} == {"collective", "shared_memory", "direct"}
