@@ -7,6 +7,8 @@ from dist_harness import REPO_ROOT, run_torchrun
 from superrl.hf_config import load_arch
 from superrl.sync import build_plan
 
+SYNC_MEASURE = REPO_ROOT / "bench" / "workers" / "sync_measure.py"  # shared with bench/weight_sync.py
+
 TOL = 1e-5
 MB = 2**20
 # RSS also moves with Python objects and allocator bookkeeping of the sync itself (lists, views,
@@ -72,7 +74,7 @@ def test_sync_peak_memory_within_one_bucket_plus_largest_tensor(vocab_heavy_llam
     of its sync (see bench/workers/sync_measure.py). At TP2 the collective transport gathers the TP
     parts of the vocab-parallel embedding (the largest tensor) straight into place."""
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # tensors are mmapped, and unmapped on free
-    per_rank = run_torchrun(str(REPO_ROOT / "bench/workers/sync_measure.py"), tp, ["--hf-dir", vocab_heavy_llama, "--tp", tp,
+    per_rank = run_torchrun(str(SYNC_MEASURE), tp, ["--hf-dir", vocab_heavy_llama, "--tp", tp,
                                                     "--bucket-mb", "0.25", "1"])
     for result in per_rank:
         assert {s["transport"] for s in result["syncs"]} == {"collective", "shared_memory", "direct"}
