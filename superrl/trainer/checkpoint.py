@@ -6,7 +6,8 @@ they read a converted model; its distributed checkpoint also holds the optimizer
 
     step_N/dist_ckpt/              model + optimizer + scheduler, reshardable to any TP x PP x DP
     step_N/hf/                     config and tokenizer files
-    step_N/trainer/rank_XXXXX.pt   RNG states, data-loader position, switch state, log-sigma
+    step_N/trainer/rank_XXXXX.pt   RNG states, data-loader position, switch state, and each
+                                   optional feature's state (feature.py), e.g. the log-sigma weights
     step_N/superrl_checkpoint.json written last: its presence means the checkpoint is complete
 
 Everything is written under `.tmp_step_N` and renamed by rank 0 after a barrier, so a crash mid-
