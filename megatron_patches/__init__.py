@@ -1,7 +1,9 @@
-"""Version-gated runtime patches that let megatron-core 0.16.1 run on CPU with gloo.
+"""Version-gated runtime patches of megatron-core 0.16.1: CPU/gloo support, and an upstream fix.
 
-`apply()` is a no-op when CUDA is available. Each patch lives in its own module and refuses to
-apply (PatchMismatchError) when the megatron-core code it rewrites is not what it expects.
+`apply()` installs the CPU patches only when CUDA is absent (or `force`), and the torch-Adam resume
+fix (torch_adam_step) wherever megatron falls back to torch's Adam, GPU included. Each patch lives
+in its own module and refuses to apply (PatchMismatchError) when the megatron-core code it rewrites
+is not what it expects.
 """
 import torch
 
@@ -13,17 +15,21 @@ _applied = False
 
 
 def apply(force: bool = False) -> bool:
-    """Patch megatron-core for CPU. Returns True when the patches are (already) in place."""
+    """Patch megatron-core. Returns True when the CPU patches are (already) in place."""
+    on_cpu = force or not torch.cuda.is_available()
+    if on_cpu:
+        _apply_cpu_patches()
+    torch_adam_step.apply_if_needed()  # after the CPU patches, which rebind megatron's modules
+    return on_cpu
+
+
+def _apply_cpu_patches() -> None:
     global _applied
-    if torch.cuda.is_available() and not force:
-        return False
     if _applied:
-        return True
+        return
     check_megatron_version()
     cuda_redirect.apply()  # first: later patches recompile functions in the rebound modules
     rng_tracker.apply()
     tensor_type_checks.apply()
     tensor_cuda_calls.apply()
-    torch_adam_step.apply()
     _applied = True
-    return True

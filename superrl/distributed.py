@@ -54,8 +54,7 @@ def init_distributed(tp: int, pp: int, seed: int, timeout_s: float = 600.0) -> P
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    else:
-        megatron_patches.apply()
+    megatron_patches.apply()  # CPU patches without CUDA; the torch-Adam fix on any device
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))

@@ -83,3 +83,49 @@ def test_version_gate(monkeypatch):
     monkeypatch.setattr(package_info, "__version__", "0.17.0")
     with pytest.raises(PatchMismatchError, match="supports megatron-core 0.16.1, found 0.17.0"):
         check_megatron_version()
+
+
+@pytest.fixture
+def adam_fix_calls(monkeypatch):
+    """Records each application of the torch-Adam fix (the real rewrite still runs)."""
+    calls = []
+    real_apply = torch_adam_step.apply
+    monkeypatch.setattr(torch_adam_step, "apply", lambda: (calls.append(1), real_apply()))
+    return calls
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu", "cuda"])
+def test_torch_adam_fix_applies_wherever_megatron_uses_torch_adam(monkeypatch, adam_fix_calls, cuda):
+    """The resume bug is torch Adam's under megatron, not CPU's: the fix follows megatron's own
+    fallback flag, whatever torch.cuda.is_available() says; the CPU patches follow CUDA."""
+    from megatron.core import optimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    assert optimizer.USING_PYTORCH_OPTIMIZER  # no TE/Apex here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert megatron_patches.apply() is (not cuda)
+    assert adam_fix_calls == [1]
+    patched = inspect.unwrap(DistributedOptimizer.load_state_dict).__code__
+    assert patched.co_filename.startswith("<megatron_patches:")
+
+
+def test_torch_adam_fix_skipped_with_fused_adam(monkeypatch, adam_fix_calls):
+    """With TE's or Apex's FusedAdam megatron never builds torch Adam: nothing to fix, and no
+    version gate to trip (the fix is the only patch a GPU run could need)."""
+    from megatron.core import optimizer, package_info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(optimizer, "USING_PYTORCH_OPTIMIZER", False)
+    monkeypatch.setattr(package_info, "__version__", "0.17.0")
+    assert megatron_patches.apply() is False
+    assert adam_fix_calls == []
+
+
+def test_torch_adam_fix_keeps_the_version_gate(monkeypatch, adam_fix_calls):
+    from megatron.core import package_info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(package_info, "__version__", "0.17.0")
+    with pytest.raises(PatchMismatchError, match="supports megatron-core 0.16.1, found 0.17.0"):
+        megatron_patches.apply()
+    assert adam_fix_calls == []
