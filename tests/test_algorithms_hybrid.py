@@ -180,7 +180,7 @@ def _naive_ppo(logp, old, adv, cfg):
 
 
 def naive_hybrid_loss(cfg, batch, gates, s_pg=0.0, s_sft=1.0, entropy_h=0.8):
-    """Independent float64 loop implementation of SPEC 2 on the whole batch."""
+    """Independent float64 loop implementation of the weightings in hybrid.py's docstring, on the whole batch."""
     b = batch
     ppo_rows = [[_naive_ppo(lp, old, a, cfg) for lp, old in zip(lr, orow)]
                 for lr, orow, a in zip(_valid(b["logprobs"], b["mask"]),
