@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from superrl.hf_config import UnsupportedModelError, arch_from_hf_config, load_arch
-from superrl.models.gpt import check_trainable
+from superrl.models.trainable import check_trainable
 from superrl.rollout import EmbeddedEngine, SamplingParams
 
 BASE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,

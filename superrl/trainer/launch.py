@@ -7,6 +7,7 @@ from typing import NamedTuple
 from superrl.config import Config, ConfigError, load_config, validate_launch
 from superrl.distributed import ParallelContext, init_distributed, world_size_from_env
 from superrl.hf_config import ModelArch, load_arch
+from superrl.models.trainable import check_trainable
 
 
 class Launch(NamedTuple):
@@ -31,6 +32,7 @@ def start(args: argparse.Namespace, needs_eval_files: bool = False) -> Launch:
     if needs_eval_files and not config.data.eval_files:
         raise ConfigError("data.eval_files is empty: there is nothing to evaluate")
     arch = load_arch(config.model.hf_dir)
+    check_trainable(arch)
     validate_launch(config, arch, world_size_from_env())
     ctx = init_distributed(config.parallel.tp, config.parallel.pp, config.trainer.seed,
                            timeout_s=config.trainer.dist_timeout_s)
