@@ -88,9 +88,8 @@ def compute_advantages(rewards: torch.Tensor, estimator: str, norm_by_std: bool 
                        eps: float = 1e-6, group: ProcessGroup = None) -> torch.Tensor:
     """Dispatch on `algorithm.advantage` (one of config.ADVANTAGE_ESTIMATORS, checked when the
     config is loaded); rewards [P, K] -> advantages [P, K]."""
-    if estimator == "grpo":
-        return grpo_advantages(rewards, norm_by_std=norm_by_std, eps=eps)
-    if estimator == "rloo":
-        return rloo_advantages(rewards)
-    return reinforce_pp_advantages(rewards, eps=eps, group=group)
+    estimators = {"grpo": lambda: grpo_advantages(rewards, norm_by_std=norm_by_std, eps=eps),
+                  "rloo": lambda: rloo_advantages(rewards),
+                  "reinforce_pp": lambda: reinforce_pp_advantages(rewards, eps=eps, group=group)}
+    return estimators[estimator]()  # exhaustive: an unknown name is a KeyError, never another estimator
 

@@ -22,10 +22,11 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     """[B, T] per-token KL estimate (unmasked); differentiable w.r.t. `logprobs`. `estimator` is one
     of config.KL_ESTIMATORS (algorithm.kl_estimator, checked when the config is loaded)."""
     log_ratio = logprobs - ref_logprobs.detach()
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio.square()
+    estimators = {"k1": lambda r: r, "k2": lambda r: 0.5 * r.square(), "k3": _k3}
+    return estimators[estimator](log_ratio)  # exhaustive: an unknown name is a KeyError
+
+
+def _k3(log_ratio: torch.Tensor) -> torch.Tensor:
     log_ratio = log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     return torch.exp(-log_ratio) - 1.0 + log_ratio
 
