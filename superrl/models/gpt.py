@@ -58,17 +58,19 @@ def transformer_config(arch: ModelArch, tp: int, pp: int) -> TransformerConfig:
 class PolicyModel(GPTModel):
     """GPTModel whose last stage returns (logprobs, entropy) [b, s] when called with `labels`.
 
-    `fp8_output_layer` (set by `use_fp8_output_layer`) swaps the output GEMM of that fused kernel
-    for the FP8 one; the training loop does not know which runs.
+    The submodule `fp8_output_layer` (added by `use_fp8_output_layer`, last stage only) swaps the
+    output GEMM of that fused kernel for the FP8 one; the training loop does not know which runs.
     """
 
     logprob_chunk_size = None
-    fp8_output_layer = None
 
     def use_fp8_output_layer(self, amax_history: int) -> None:
-        # Kept outside the module tree (plain attribute): its amax history is recipe state that
-        # restarts with the process, not a parameter megatron should shard into checkpoints.
-        self.__dict__["fp8_output_layer"] = FP8OutputLayer(FP8Recipe(amax_history_len=amax_history))
+        # A registered submodule, created where the weights are: its scaling buffers move with the
+        # model and are saved in its checkpoints (as replicated tensors: every TP rank holds the
+        # same state, see superrl/ops/fp8_projection.py).
+        if self.post_process:
+            layer = FP8OutputLayer(FP8Recipe(amax_history_len=amax_history))
+            self.add_module("fp8_output_layer", layer.to(next(self.parameters()).device))
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         if not self.post_process or labels is None:
@@ -77,8 +79,8 @@ class PolicyModel(GPTModel):
                   else self.output_layer.weight)
         b, s = labels.shape
         hidden = hidden_states.transpose(0, 1).reshape(b * s, -1)
-        fused = (self.fp8_output_layer.logprobs_and_entropy if self.fp8_output_layer is not None
-                 else fused_linear_logprobs_and_entropy)
+        fp8 = self._modules.get("fp8_output_layer")
+        fused = fp8.logprobs_and_entropy if fp8 is not None else fused_linear_logprobs_and_entropy
         logprobs, entropy = fused(hidden, weight, labels.reshape(-1), tp_group=mpu.get_tensor_model_parallel_group(),
                                   chunk_size=self.logprob_chunk_size)
         return logprobs.view(b, s), entropy.view(b, s)

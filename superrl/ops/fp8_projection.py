@@ -4,10 +4,16 @@ Forward: logits = Q4(hidden) Q4(weight)^T; backward: dhidden = Q5(dz) Q4(weight)
 dweight = Q5(dz)^T Q4(hidden), with Q4/Q5 the E4M3/E5M2 delayed-scaling casts of `FP8Scaling`
 and float32 accumulation. On CPU `_scaled_mm` equals the float32 product of the dequantised
 operands exactly; on CUDA it is the cuBLASLt FP8 GEMM (H100+, dims multiples of 16).
+
+Amaxes are reduced (max) over the TP group before they are used or recorded, as TE reduces them
+over its amax group: every TP rank scales its shard as the whole tensor would be scaled at TP1, so
+the scaling state is the same on every TP rank (checkpointed once, reshardable to any TP).
 """
 import torch
+from torch.distributed import ReduceOp
 
-from superrl.ops.fp8_scaling import FP8Scaling
+from superrl.ops._tp import all_reduce_
+from superrl.ops.fp8_scaling import FP8Scaling, amax_of
 from superrl.ops.fused_linear import chunked_linear_logprobs_and_entropy
 
 
@@ -26,12 +32,18 @@ def scaled_matmul(a_fp8, a_dequant, b_fp8, b_dequant) -> torch.Tensor:
 class FP8Projection:
     """`DenseProjection`'s interface with FP8 GEMMs; the scales live in `scaling` (one per layer)."""
 
-    def __init__(self, scaling: FP8Scaling):
+    def __init__(self, scaling: FP8Scaling, tp_group=None):
         self.scaling = scaling
+        self.tp_group = tp_group
+
+    def _reduce_amax(self, amax: torch.Tensor) -> torch.Tensor:
+        return all_reduce_(amax, ReduceOp.MAX, self.tp_group)
 
     def prepare(self, hidden, weight):
         """Quantise both operands once per step (records their amaxes); kept for the backward."""
-        return (*self.scaling.input.quantize(hidden), *self.scaling.weight.quantize(weight))
+        amaxes = self._reduce_amax(torch.stack([amax_of(hidden), amax_of(weight)]))  # one collective
+        return (*self.scaling.input.quantize(hidden, amaxes[0]),
+                *self.scaling.weight.quantize(weight, amaxes[1]))
 
     def logits(self, operands, rows: slice, out: torch.Tensor) -> torch.Tensor:
         hidden_fp8, hidden_dequant, weight_fp8, weight_dequant = operands
@@ -47,12 +59,12 @@ class FP8Projection:
                                            hidden_dequant))
 
     def finish_backward(self) -> None:
-        """The gradient's amax is the max over all chunks of this step."""
-        self.scaling.grad_output.record_pending()
+        """The gradient's amax is the max over all chunks of this step (and all TP shards)."""
+        self.scaling.grad_output.record_pending(self._reduce_amax)
 
 
 def fp8_fused_linear_logprobs_and_entropy(hidden, weight, targets, scaling: FP8Scaling,
                                           tp_group=None, chunk_size=None):
     """`fused_linear_logprobs_and_entropy` with the output GEMM in FP8 (see module docstring)."""
-    return chunked_linear_logprobs_and_entropy(FP8Projection(scaling), hidden, weight, targets,
+    return chunked_linear_logprobs_and_entropy(FP8Projection(scaling, tp_group), hidden, weight, targets,
                                                tp_group, chunk_size)

@@ -8,6 +8,10 @@ of the history (length `amax_history_len`) and the scale recomputed for the next
 One deviation from TE: while a history is still empty (the very first step), each quantisation
 takes a just-in-time scale from its own amax instead of TE's initial scale of 1, which would clip
 or flush most values of a first step.
+
+The state (amax history, scale) is float32 buffers: it moves with the model (`.to(device)`), is
+saved in its checkpoints, and, like TE's FP8 metadata, stays float32 when the model is cast to
+bf16/fp16 (a bf16 amax would round every later scale).
 """
 from dataclasses import dataclass
 
@@ -32,6 +36,10 @@ class FP8Recipe:
             raise ValueError(f"margin must be an int >= 0, got {self.margin!r}")
 
 
+def amax_of(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().abs().amax().float()
+
+
 class DelayedScaler(nn.Module):
     """Scale state of one FP8 tensor role; buffers, so it is saved with the model's state_dict."""
 
@@ -43,6 +51,14 @@ class DelayedScaler(nn.Module):
         self.register_buffer("amax_history", torch.zeros(recipe.amax_history_len))
         self.register_buffer("scale", torch.ones(()))
         self._pending_amax = None
+
+    def _apply(self, fn, recurse=True):
+        # Follow the model's device, never its dtype: `fn` may be a dtype cast (`.bfloat16()`,
+        # Float16Module), so it is applied to a probe only to learn the target device.
+        device = fn(self.scale.detach()).device
+        for name, buffer in self._buffers.items():
+            self._buffers[name] = buffer.to(device)
+        return self
 
     def scale_from_amax(self, amax: torch.Tensor) -> torch.Tensor:
         return self.fp8_max / amax / 2 ** self.margin
@@ -58,9 +74,10 @@ class DelayedScaler(nn.Module):
         x_fp8 = (x.float() * scale).clamp_(-self.fp8_max, self.fp8_max).to(self.fp8_dtype)
         return x_fp8, scale.reciprocal()
 
-    def quantize(self, x: torch.Tensor):
-        """Whole-tensor use for this step: returns (x_fp8, dequant scale) and records amax(|x|)."""
-        amax = x.detach().abs().amax().float()
+    def quantize(self, x: torch.Tensor, amax: torch.Tensor = None):
+        """Whole-tensor use for this step: returns (x_fp8, dequant scale) and records amax(|x|),
+        or `amax` when given (the amax of the whole tensor that x is this rank's shard of)."""
+        amax = amax_of(x) if amax is None else amax
         quantized = self._cast(x.detach(), amax)
         self.record(amax)
         return quantized
@@ -68,12 +85,15 @@ class DelayedScaler(nn.Module):
     def quantize_part(self, x: torch.Tensor):
         """One chunk of a tensor that is quantised chunk by chunk within a step; the step's amax
         (max over the chunks) is recorded by `record_pending`."""
-        amax = x.detach().abs().amax().float()
+        amax = amax_of(x)
         self._pending_amax = amax if self._pending_amax is None else torch.maximum(self._pending_amax, amax)
         return self._cast(x.detach(), amax)
 
-    def record_pending(self) -> None:
+    def record_pending(self, reduce_amax=None) -> None:
+        """`reduce_amax(amax)`: turns this rank's amax into the whole tensor's (in place)."""
         if self._pending_amax is not None:
+            if reduce_amax is not None:
+                reduce_amax(self._pending_amax)
             self.record(self._pending_amax)
             self._pending_amax = None
 

@@ -24,14 +24,15 @@ import shutil
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core import tensor_parallel
 from torch.distributed.checkpoint.api import CheckpointException
 
 from superrl.weights.checkpoint_manifest import CheckpointError
 from superrl.weights.safe_unpickle import load_plain_data
-from superrl.weights.megatron_checkpoint import (DIST_CKPT_DIR, HF_FILES_DIR, METADATA_FILE, check_same_model,
-                                                 copy_hf_files, model_tensors, read_checkpoint_metadata,
-                                                 save_sharded_state, verify_checkpoint_files)
+from superrl.weights.megatron_checkpoint import (HF_FILES_DIR, METADATA_FILE, check_same_model, copy_hf_files,
+                                                 load_dist_checkpoint, read_checkpoint_metadata,
+                                                 restore_model_tensors, save_sharded_state,
+                                                 verify_checkpoint_files)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}  # others fail on CPU/gloo
 STEP_PREFIX = "step_"
@@ -167,8 +168,8 @@ def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True, met
     `validate_checkpoint` just returned for `path`, so its files are not checksummed twice."""
     if meta is None:
         meta = validate_checkpoint(path, arch, state.padded_vocab, check_world_size=load_trainer_state)
-    loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), os.path.join(path, DIST_CKPT_DIR))
-    state.model.module.load_state_dict(model_tensors(loaded))
+    loaded = load_dist_checkpoint(_sharded_state(state, is_loading=True), path)
+    restore_model_tensors(state.model, loaded)
     state.optimizer.load_state_dict(loaded["optimizer"])
     state.scheduler.load_state_dict(loaded["scheduler"])
     if not load_trainer_state:

@@ -142,17 +142,41 @@ def load_model_checkpoint(model_chunk, directory: str, arch: ModelArch) -> dict:
     model = unwrap_model(model_chunk)
     check_same_model(metadata, arch, model.vocab_size, directory)
     verify_checkpoint_files(directory, metadata)
-    # RAISE_UNEXPECTED: a training checkpoint (superrl/trainer/checkpoint.py) also holds optimizer
-    # and scheduler state, which a model-only load leaves on disk.
-    state = dist_checkpointing.load(model.sharded_state_dict(), os.path.join(directory, DIST_CKPT_DIR),
-                                    strict=StrictHandling.RAISE_UNEXPECTED)
-    model.load_state_dict(model_tensors(state))
+    # A training checkpoint (superrl/trainer/checkpoint.py) also holds optimizer and scheduler
+    # state, which a model-only load leaves on disk.
+    state = load_dist_checkpoint(model.sharded_state_dict(), directory)
+    restore_model_tensors(model, state)
     return metadata
 
 
 TRAINING_STATE_KEYS = ("optimizer", "scheduler")
+# Model state a checkpoint may lack: the FP8 output layer's scaling state is absent from a model
+# converted from HF or trained with FP8 off, and then starts fresh (as on a first step). The other
+# way round, a checkpoint's FP8 state is not requested by a model without FP8, and stays on disk.
+OPTIONAL_STATE_PREFIXES = ("fp8_output_layer.",)
+
+
+def load_dist_checkpoint(sharded_state_dict: dict, directory: str) -> dict:
+    """Collective: load `directory`'s distributed checkpoint into `sharded_state_dict`'s layout.
+    Every requested entry must be in the checkpoint, except optional state, left out of the result."""
+    state, _on_disk_only, absent = dist_checkpointing.load(
+        sharded_state_dict, os.path.join(directory, DIST_CKPT_DIR), strict=StrictHandling.RETURN_UNEXPECTED)
+    required = sorted(k for k in absent if not k.startswith(OPTIONAL_STATE_PREFIXES))
+    if required:
+        raise CheckpointError(f"checkpoint {directory!r} lacks {len(required)} entries this model needs: "
+                              f"{required[:5]}")
+    return state
 
 
 def model_tensors(loaded_state: dict) -> dict:
     """The model's entries of a loaded state (common entries such as the scheduler always load)."""
     return {k: v for k, v in loaded_state.items() if k not in TRAINING_STATE_KEYS}
+
+
+def restore_model_tensors(model, loaded_state: dict) -> None:
+    """Copy a loaded state into the model; optional state the checkpoint lacked keeps its values."""
+    result = unwrap_model(model).load_state_dict(model_tensors(loaded_state), strict=False)
+    wrong = [k for k in result.missing_keys if not k.startswith(OPTIONAL_STATE_PREFIXES)]
+    if wrong or result.unexpected_keys:
+        raise CheckpointError(f"loaded state does not match the model: missing {wrong[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
