@@ -24,7 +24,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "gpu": ["transformer-engine[pytorch]", "vllm"],
+        # Versions as in constraints-gpu.txt (why: its header); install with it, see README.
+        "gpu": ["transformer-engine[core_cu13,pytorch]==2.11.0", "vllm==0.32.0"],
         "dev": ["pytest", "pytest-timeout"],
     },
     entry_points={
