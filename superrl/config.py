@@ -88,6 +88,8 @@ class TrainerConfig:
     resume: bool = False
     resume_from: Optional[str] = None
     dist_timeout_s: float = 600.0  # a dead rank ends the job after this, instead of hanging it
+    # SIGTERM/SIGUSR1 -> save and exit within this; torchrun SIGKILLs its workers 30 s after its own SIGTERM
+    preemption_grace_s: float = 25.0
     max_consecutive_bad_steps: int = 5  # NaN/Inf loss or grads: skip the step; stop after this many in a row
 
 
@@ -185,6 +187,7 @@ def check_trainer_settings(config: Config) -> None:
     _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
     _require(t.max_consecutive_bad_steps >= 1,
              f"trainer.max_consecutive_bad_steps={t.max_consecutive_bad_steps} must be >= 1")
+    _require(t.preemption_grace_s > 0, f"trainer.preemption_grace_s={t.preemption_grace_s} must be > 0")
     _require(config.optim.micro_batch_size >= 1,
              f"optim.micro_batch_size={config.optim.micro_batch_size} must be >= 1")
     _require(config.rollout.n >= 1, f"rollout.n={config.rollout.n} must be >= 1")

@@ -61,7 +61,9 @@ def init_distributed(tp: int, pp: int, seed: int, timeout_s: float = 600.0) -> P
     from megatron.core import parallel_state as mpu
 
     if not mpu.model_parallel_is_initialized():
-        mpu.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        # megatron's own groups (TP, PP, DP, ...) get the same time-out; its default is 30 minutes
+        mpu.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                      distributed_timeout_minutes=timeout_s / 60)
     ctx = ParallelContext(
         rank=dist.get_rank(),
         tp_rank=mpu.get_tensor_model_parallel_rank(), tp_size=tp,
@@ -89,3 +91,11 @@ def destroy_distributed() -> None:
     mpu.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def abort_distributed() -> None:
+    """After a failure on this rank: leave without the teardown that waits for peers (NCCL's
+    destroy waits for in-flight collectives; abort cancels them), so this rank exits at once and
+    the peers' collectives fail instead of waiting. gloo peers already see the closed sockets."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        dist.distributed_c10d._abort_process_group()

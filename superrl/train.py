@@ -1,8 +1,9 @@
 """`python -m superrl.train --config FILE.yaml [dotted.key=value ...]` (also under torchrun)."""
 import sys
 
-from superrl.distributed import destroy_distributed
+from superrl.distributed import abort_distributed, destroy_distributed
 from superrl.trainer.launch import Launch, config_arguments, start
+from superrl.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 
 def setup(argv=None) -> Launch:
@@ -14,12 +15,19 @@ def main(argv=None) -> int:
     config, arch, ctx = setup(argv)
     from superrl.trainer.loop import Trainer  # after init: megatron patches are in place
 
-    trainer = Trainer(config, arch, ctx)
+    trainer, failed = Trainer(config, arch, ctx), False
     try:
         trainer.run()
+    except Preempted as preempted:
+        if ctx.rank == 0:
+            print(f"superrl: {preempted}", flush=True)
+        return PREEMPTED_EXIT_CODE
+    except BaseException:
+        failed = True
+        raise
     finally:
         trainer.close()
-        destroy_distributed()
+        (abort_distributed if failed else destroy_distributed)()
     return 0
 
 

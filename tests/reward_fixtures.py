@@ -5,6 +5,7 @@ are restarted after every hang or crash and re-import it each time.
 """
 import math
 import os
+import signal
 import time
 
 # What a misbehaving reward function returns for each behaviour that does not raise, hang or exit.
@@ -40,3 +41,21 @@ def misbehaving_by_truth(solution_str, ground_truth):
     """Behaves as the row's ground truth says, so a trainer run gets a known mix of failures
     whatever its random model writes."""
     return misbehave(ground_truth)
+
+
+SIGTERM_FILE_ENV = "SUPERRL_TEST_SIGTERM_FILE"
+
+
+def sigterm_when_asked(solution_str: str, ground_truth: str) -> float:
+    """`has_digit`, but first: once the file named by $SUPERRL_TEST_SIGTERM_FILE holds a pid, send
+    that process SIGTERM (one call does: the file is removed) and stall 1 s, so that the signal
+    lands while the trainer is in its rollout."""
+    try:
+        with open(os.environ[SIGTERM_FILE_ENV]) as f:
+            pid = int(f.read())
+        os.remove(os.environ[SIGTERM_FILE_ENV])
+    except (KeyError, OSError, ValueError):  # not asked (yet), or another call took the request
+        return has_digit(solution_str, ground_truth)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(1.0)
+    return has_digit(solution_str, ground_truth)

@@ -43,6 +43,10 @@ def checkpoint_root(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
 
+def step_dir(run_dir: str, step: int) -> str:
+    return os.path.join(checkpoint_root(run_dir), f"{STEP_PREFIX}{step}")
+
+
 def complete_checkpoints(run_dir: str) -> list:
     """Complete checkpoint directories, oldest first."""
     root = checkpoint_root(run_dir)
@@ -51,7 +55,7 @@ def complete_checkpoints(run_dir: str) -> list:
     steps = sorted(int(d[len(STEP_PREFIX):]) for d in os.listdir(root)
                    if d.startswith(STEP_PREFIX) and d[len(STEP_PREFIX):].isdigit()
                    and os.path.isfile(os.path.join(root, d, METADATA_FILE)))
-    return [os.path.join(root, f"{STEP_PREFIX}{s}") for s in steps]
+    return [step_dir(run_dir, s) for s in steps]
 
 
 def _sharded_state(state, is_loading: bool) -> dict:
@@ -97,7 +101,7 @@ def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, metadat
                     keep_last: int) -> str:
     """Collective. `metadata`: checkpoint_metadata(...) of the model plus run facts to check on resume."""
     root = checkpoint_root(run_dir)
-    final = os.path.join(root, f"{STEP_PREFIX}{step}")
+    final = step_dir(run_dir, step)
     tmp = os.path.join(root, f"{TMP_PREFIX}{step}")
     rank = dist.get_rank()
     try:

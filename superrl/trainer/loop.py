@@ -26,6 +26,7 @@ from superrl.trainer.experience import (generate_and_score, owns_engine, samplin
 from superrl.trainer.log_sigma import LearnableLossWeights
 from superrl.trainer.metrics import MetricsLogger, resident_memory_mb
 from superrl.trainer.model_setup import build_train_state
+from superrl.trainer.preemption import Preempted, PreemptionWatch
 from superrl.trainer.probe import RewardProbe
 from superrl.trainer.reference_kl import ReferenceKL
 from superrl.weights.megatron_checkpoint import checkpoint_metadata
@@ -66,6 +67,8 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0  # non-finite steps over the whole run (checkpointed)
         self.consecutive_bad_steps = 0
+        self.preemption = None  # a PreemptionWatch while run() runs
+        self.saved_step, self.save_s, self.update_s = None, None, None  # for the preemption estimate
 
     # ---- rollouts ---------------------------------------------------------------------------
     def local_prompts(self, examples: list) -> list:
@@ -90,9 +93,11 @@ class Trainer:
     def train_step(self) -> dict:
         timings = {}
         t0 = time.perf_counter()
+        start_state = self.loader.state_dict(), checkpoint.rng_state()
         examples = self.local_prompts(next(self.loader))
         rollouts = self.rollout(examples, self.rollout_seed(self.step))
         timings["timing/rollout_s"] = time.perf_counter() - t0
+        self._drop_step_if_preempted(start_state)
 
         t1 = time.perf_counter()
         metrics, decision, rollout = self._update_actor(examples, rollouts)
@@ -102,6 +107,7 @@ class Trainer:
         metrics.update(self.sync.sync().metrics())
         timings["timing/sync_s"] = time.perf_counter() - t2
         timings["timing/step_s"] = time.perf_counter() - t0
+        self.update_s = timings["timing/step_s"] - timings["timing/rollout_s"]
         self.step += 1
         return self._step_metrics(metrics, decision, rollouts, rollout.rows, timings)
 
@@ -178,9 +184,12 @@ class Trainer:
                 "features": {feature.name: feature.state_dict() for feature in self.features}}
 
     def save(self) -> str:
-        return checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
+        start = time.perf_counter()
+        path = checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
                                           self.trainer_state(), self.checkpoint_metadata(),
                                           self.config.model.hf_dir, self.config.trainer.keep_last)
+        self.saved_step, self.save_s = self.step, time.perf_counter() - start
+        return path
 
     def resume(self, path: str, meta=None) -> None:
         _, saved = checkpoint.load_checkpoint(path, self.state, self.arch, meta=meta)
@@ -212,20 +221,48 @@ class Trainer:
             self.resume(path, meta)
         self.sync.sync()  # the engine starts from the trainer's weights, fresh or resumed
         logger = MetricsLogger(t.run_dir, t.total_steps, start_step=self.step, enabled=self.ctx.rank == 0)
-        for feature in self.features:
-            feature.start(self, logger)
-        while self.step < t.total_steps:
-            metrics = self.train_step()
-            self._count_bad_step(metrics)
-            if t.eval_every and self.step % t.eval_every == 0:
-                metrics.update(self.evaluate())
-            logger.log(self.step, metrics)
-            history.append(metrics)
-            self._stop_if_diverged()
-            if (t.save_every and self.step % t.save_every == 0) or self.step == t.total_steps:
-                self.save()
-        logger.close()
+        self.preemption = PreemptionWatch(t.preemption_grace_s)
+        try:
+            for feature in self.features:
+                feature.start(self, logger)
+            while self.step < t.total_steps:
+                metrics = self.train_step()
+                self._count_bad_step(metrics)
+                if t.eval_every and self.step % t.eval_every == 0:
+                    metrics.update(self.evaluate())
+                logger.log(self.step, metrics)
+                history.append(metrics)
+                self._stop_if_diverged()
+                if (t.save_every and self.step % t.save_every == 0) or self.step == t.total_steps:
+                    self.save()
+                self._stop_if_preempted()
+        finally:
+            self.preemption.close()
+            logger.close()
         return history
+
+    def _drop_step_if_preempted(self, start_state: tuple) -> None:
+        """Collective. After a preemption signal, before the update: when the update and a save
+        would not end within trainer.preemption_grace_s, the step never happened (its rollout is
+        dropped, data order and RNG rewind) and the last completed step is saved."""
+        elapsed = self.preemption.seconds_since_signal()
+        if elapsed is None:
+            return
+        needed = None if self.update_s is None else self.update_s + (self.save_s or 0.0)
+        if not self.preemption.fits(elapsed, needed):
+            self.loader.load_state_dict(start_state[0])
+            checkpoint.set_rng_state(start_state[1])
+            self._save_and_exit_preempted(dropped_step=self.step + 1)
+
+    def _stop_if_preempted(self) -> None:
+        """Collective, at a step boundary: after a preemption signal, save (once) and exit."""
+        if self.preemption.seconds_since_signal() is not None:
+            self._save_and_exit_preempted()
+
+    def _save_and_exit_preempted(self, dropped_step=None) -> None:
+        run_dir = self.config.trainer.run_dir
+        path = self.save() if self.saved_step != self.step else checkpoint.step_dir(run_dir, self.step)
+        raise Preempted(path, self.preemption.seconds_since_signal(), dropped_step)
 
     def _count_bad_step(self, metrics: dict) -> None:
         bad = metrics["train/step_skipped"] > 0

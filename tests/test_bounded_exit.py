@@ -1,0 +1,56 @@
+"""When one rank stops taking part, every other rank exits non-zero within trainer.dist_timeout_s
+plus a small margin, also without torchrun's agent to kill it (ranks started one by one, as srun or
+a Kubernetes job starts them). Measured, not assumed: megatron's own TP/PP/DP groups used to wait
+30 minutes, whatever trainer.dist_timeout_s said."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dist_harness import REPO_ROOT, _env, free_port
+from trainer_runs import make_arith_files, write_config
+from superrl.trainer.metrics import read_metrics
+
+TIMEOUT_S = 10
+MARGIN_S = 15
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_leftover_processes")]
+
+
+def _start_ranks(tmp_path, config: str, world: int) -> list:
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {**_env(str(tmp_path)), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        log = open(tmp_path / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "superrl.train", "--config", config, f"parallel.tp={world}",
+             f"trainer.dist_timeout_s={TIMEOUT_S}"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+@pytest.mark.parametrize("fault", ["hang", "kill_9"])
+def test_survivor_exits_within_dist_timeout(tmp_path, tiny_llama, fault):
+    make_arith_files(tmp_path)
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_llama, tmp_path, run, steps=500)
+    survivor, failing = _start_ranks(tmp_path, config, 2)
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "metrics.jsonl").exists() and len(read_metrics(str(run))) >= 3):
+            assert survivor.poll() is None and time.monotonic() < deadline, "the run never reached step 3"
+            time.sleep(0.1)
+        failing.send_signal(signal.SIGSTOP if fault == "hang" else signal.SIGKILL)
+        start = time.monotonic()
+        code = survivor.wait(timeout=TIMEOUT_S + MARGIN_S)
+        seconds = time.monotonic() - start
+    finally:
+        for proc in (survivor, failing):
+            proc.kill()
+            proc.wait()
+    print(f"{fault}: survivor exited {code} after {seconds:.1f}s (trainer.dist_timeout_s={TIMEOUT_S})")
+    assert code != 0
+    log = (tmp_path / "rank0.log").read_text()
+    assert ("Timed out" if fault == "hang" else "Connection") in log, log[-2000:]
