@@ -31,12 +31,15 @@ def _start_ranks(tmp_path, config: str, world: int) -> list:
     return procs
 
 
-@pytest.mark.parametrize("fault", ["hang", "kill_9"])
-def test_survivor_exits_within_dist_timeout(tmp_path, tiny_llama, fault):
+@pytest.mark.parametrize("fault, failing_rank", [("hang", 1), ("kill_9", 1), ("kill_9", 0)],
+                         ids=["hang", "kill_9", "kill_9_of_the_rank_with_engine_and_reward_workers"])
+def test_survivor_exits_within_dist_timeout(tmp_path, tiny_llama, fault, failing_rank):
+    """The fixture also checks that the killed rank's helpers (reward workers) went with it."""
     make_arith_files(tmp_path)
     run = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", tiny_llama, tmp_path, run, steps=500)
-    survivor, failing = _start_ranks(tmp_path, config, 2)
+    ranks = _start_ranks(tmp_path, config, 2)
+    failing, survivor = ranks[failing_rank], ranks[1 - failing_rank]
     try:
         deadline = time.monotonic() + 180
         while not ((run / "metrics.jsonl").exists() and len(read_metrics(str(run))) >= 3):
@@ -52,5 +55,5 @@ def test_survivor_exits_within_dist_timeout(tmp_path, tiny_llama, fault):
             proc.wait()
     print(f"{fault}: survivor exited {code} after {seconds:.1f}s (trainer.dist_timeout_s={TIMEOUT_S})")
     assert code != 0
-    log = (tmp_path / "rank0.log").read_text()
+    log = (tmp_path / f"rank{1 - failing_rank}.log").read_text()
     assert ("Timed out" if fault == "hang" else "Connection") in log, log[-2000:]

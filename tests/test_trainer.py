@@ -55,6 +55,7 @@ def test_parallel_layout_reproduces_tp1(tmp_path, tiny_llama, arith_files, refer
             assert got[key] == pytest.approx(value, abs=1e-4), (got["step"], key)
 
 
+@pytest.mark.usefixtures("no_leftover_processes")
 def test_kill_9_after_checkpoint_then_resume_is_bitwise(tmp_path, tiny_llama, arith_files, reference_run):
     config = write_config(tmp_path / "c.yaml", tiny_llama, arith_files, tmp_path / "run", steps=4,
                           save_every=2, eval_every=2)
