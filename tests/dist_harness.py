@@ -5,6 +5,7 @@ gets the list of per-rank objects ordered by global rank.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,14 +57,31 @@ def _check(proc_outputs):
             raise AssertionError(f"torchrun exited {rc}:\n" + "\n".join(lines)[-8000:])
 
 
+def _run_all(cmds: list, env: dict, timeout: float, cwd=REPO_ROOT) -> list:
+    """Run the commands side by side; (return code, output) of each. Each runs in a session of its
+    own, so a time-out kills the whole process tree (torchrun and its ranks), not only torchrun."""
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=cwd, start_new_session=True) for cmd in cmds]
+    outputs = []
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            outputs.append((proc.returncode, out))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return outputs
+
+
 def torchrun_module(module: str, nproc: int, args=(), timeout: float = 600, cwd=REPO_ROOT) -> str:
     """Run `torchrun --standalone --nproc-per-node nproc -m module args...` as users do; return output."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", module, *[str(a) for a in args]]
-    env = _env(tempfile.gettempdir())
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    _check([(proc.returncode, proc.stdout + proc.stderr)])
-    return proc.stdout + proc.stderr
+    outputs = _run_all([cmd], _env(tempfile.gettempdir()), timeout, cwd)
+    _check(outputs)
+    return outputs[0][1]
 
 
 def run_torchrun(script: str, nproc: int, args=(), timeout: float = 600) -> list:
@@ -71,9 +89,7 @@ def run_torchrun(script: str, nproc: int, args=(), timeout: float = 600) -> list
     with tempfile.TemporaryDirectory() as result_dir:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", *_script_cmd(script, args)]
-        proc = subprocess.run(cmd, env=_env(result_dir), capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO_ROOT)
-        _check([(proc.returncode, proc.stdout + proc.stderr)])
+        _check(_run_all([cmd], _env(result_dir), timeout))
         return _collect(result_dir, nproc)
 
 
@@ -85,19 +101,11 @@ def run_torchrun_multinode(script: str, nnodes: int, nproc_per_node: int, args=(
     """
     port = free_port()
     with tempfile.TemporaryDirectory() as result_dir:
-        procs = []
-        for node_rank in range(nnodes):
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
-                   f"--node-rank={node_rank}", f"--nproc-per-node={nproc_per_node}",
-                   "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=superrl-test",
-                   *_script_cmd(script, args)]
-            procs.append(subprocess.Popen(cmd, env=_env(result_dir), stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT))
-        outputs = []
-        for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            outputs.append((p.returncode, out))
-        _check(outputs)
+        cmds = [[sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
+                 f"--node-rank={node_rank}", f"--nproc-per-node={nproc_per_node}",
+                 "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=superrl-test",
+                 *_script_cmd(script, args)] for node_rank in range(nnodes)]
+        _check(_run_all(cmds, _env(result_dir), timeout))
         return _collect(result_dir, nnodes * nproc_per_node)
 
 
