@@ -23,6 +23,17 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def arith_files(tmp_path_factory):
+    """train.jsonl (64 level-1 arithmetic problems) and a disjoint eval.jsonl (8), shared by the
+    end-to-end trainer tests."""
+    from trainer_runs import make_arith_files
+
+    d = tmp_path_factory.mktemp("arith")
+    make_arith_files(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> str:
     """Qwen2-style: qkv bias, untied embeddings, GQA, hidden 64, 2 layers, vocab 512."""
     return _make_tiny(tmp_path_factory, "qwen2")

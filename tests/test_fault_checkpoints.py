@@ -17,19 +17,12 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import make_tiny_model
 from process_tree import TAG_ENV, tagged_processes
-from trainer_runs import (deterministic_metrics, kill_run, make_arith_files, start_process, start_training,
+from trainer_runs import (deterministic_metrics, kill_run, start_process, start_training,
                           train, wait_until, write_config)
 from superrl.trainer.metrics import read_metrics
 from superrl.weights.megatron_checkpoint import DIST_CKPT_DIR, METADATA_FILE
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftover_processes")]
-
-
-@pytest.fixture(scope="module")
-def arith_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("arith")
-    make_arith_files(d)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 import make_tiny_model
 from test_algorithms_dp import run_threads
-from trainer_runs import make_arith_files, start_training, train, write_config
+from trainer_runs import start_training, train, write_config
 from superrl.algorithms import grpo_advantages, reinforce_pp_advantages, rloo_advantages
 from superrl.config import ConfigError, load_config, validate_context_length
 from superrl.hf_config import load_arch
@@ -115,13 +115,6 @@ def test_prompts_longer_than_max_prompt_len_are_dropped_and_counted(bad_input_ru
     rows, _ = bad_input_run
     assert [row["data/prompts_dropped"] for row in rows] == [len(TOO_LONG)] * 2
     assert [row["data/prompts_truncated"] for row in rows] == [0, 0]
-
-
-@pytest.fixture(scope="module")
-def arith_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("arith")
-    make_arith_files(d)
-    return d
 
 
 def test_prompt_plus_response_past_the_context_is_refused_at_start_up(tmp_path, tiny_llama, arith_files):

@@ -8,20 +8,13 @@ import psutil
 import pytest
 
 from reward_fixtures import SIGTERM_FILE_ENV
-from trainer_runs import deterministic_metrics, make_arith_files, start_training, train, wait_until, write_config
+from trainer_runs import deterministic_metrics, start_training, train, wait_until, write_config
 from superrl.trainer.checkpoint import complete_checkpoints
 from superrl.trainer.metrics import read_metrics
 
 STEPS = 6
 TP2 = ("parallel.tp=2",)
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leftover_processes")]
-
-
-@pytest.fixture(scope="module")
-def arith_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("arith")
-    make_arith_files(d)
-    return d
 
 
 @pytest.fixture(scope="module")

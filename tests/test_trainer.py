@@ -6,18 +6,11 @@ import os
 import pytest
 
 from dist_harness import torchrun_module
-from trainer_runs import STEPS, deterministic_metrics, kill_run, make_arith_files, start_training, train as _train, wait_until, write_config
+from trainer_runs import STEPS, deterministic_metrics, kill_run, start_training, train as _train, wait_until, write_config
 from superrl.trainer.metrics import read_metrics
 from superrl.weights.megatron_checkpoint import METADATA_FILE
 
 COMPARED = ("loss/", "reward/", "switch/", "actor/")
-
-
-@pytest.fixture(scope="module")
-def arith_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("arith")
-    make_arith_files(d)
-    return d
 
 
 def _compared(row: dict) -> dict:

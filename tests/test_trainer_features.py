@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from trainer_runs import (deterministic_metrics, kill_run, make_arith_files, start_training, train, wait_until,
+from trainer_runs import (deterministic_metrics, kill_run, start_training, train, wait_until,
                           write_config)
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftover_processes")]
@@ -67,13 +67,6 @@ def active(row: dict) -> bool:
 
 
 # ---- runs ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def arith_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("arith")
-    make_arith_files(d)
-    return d
-
-
 def config_for(directory, tiny_llama, arith_files, steps=STEPS) -> str:
     return write_config(directory / "c.yaml", tiny_llama, arith_files, directory / "run", steps=steps,
                         save_every=SAVE_EVERY)

@@ -24,20 +24,13 @@ import math
 import pytest
 
 from gpu_harness import needs_gpus, train_on_gpus
-from trainer_runs import make_arith_files, train, write_config
+from trainer_runs import train, write_config
 from superrl.trainer.metrics import read_metrics
 
 FP32_TOL = 1e-4
 BF16_TOL = 0.05
 COMPARED = ("loss/", "reward/", "switch/", "actor/")
 EXACT_AT_STEP_1 = ("reward/", "switch/")  # same rollouts, same rewards, same gates
-
-
-@pytest.fixture(scope="module")
-def arith_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("arith")
-    make_arith_files(d)
-    return d
 
 
 @pytest.fixture(scope="module")
