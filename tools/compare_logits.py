@@ -21,9 +21,11 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from convert_hf_to_megatron import check_layout, exit_on_user_error, in_torchrun, run_under_torchrun, world_size  # noqa: E402,E501
+from superrl.algorithms.counts import comm_device  # noqa: E402
 from superrl.distributed import destroy_distributed, init_distributed  # noqa: E402
 from superrl.hf_config import ModelArch, load_arch  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
+from superrl.trainer.step import model_device  # noqa: E402
 from superrl.weights.megatron_checkpoint import check_same_model, load_model_checkpoint, read_checkpoint_metadata  # noqa: E402,E501
 
 
@@ -47,7 +49,8 @@ def random_tokens(vocab_size: int, batch_size: int, seq_len: int, seed: int) -> 
 def last_stage_logits(model, tokens: torch.Tensor):
     """Full padded-vocab logits [b, s, V] on the last PP stage (every TP rank), None elsewhere."""
     b, s = tokens.shape
-    position_ids = torch.arange(s).expand(b, s)
+    tokens = tokens.to(model_device(model))
+    position_ids = torch.arange(s, device=tokens.device).expand(b, s)
 
     def forward_step(data_iterator, model_chunk):
         return model_chunk(tokens, position_ids, None), None  # no loss: the schedule returns outputs
@@ -68,12 +71,17 @@ def checkpoint_logits(megatron_dir: str, arch: ModelArch, padded_vocab: int, tok
     model = build_policy_model(arch, tp, pp, padded_vocab)
     load_model_checkpoint(model, megatron_dir, arch)
     model.eval()
+    return shared_logits(model, arch, tokens)
+
+
+def shared_logits(model, arch: ModelArch, tokens: torch.Tensor) -> torch.Tensor:
+    """Collective: the model's logits [b, s, vocab_size], on the host of every rank."""
     logits = last_stage_logits(model, tokens)
-    shared = torch.zeros(*tokens.shape, arch.vocab_size)
+    shared = torch.zeros(*tokens.shape, arch.vocab_size, device=comm_device(dist.group.WORLD))
     if logits is not None and mpu.get_tensor_model_parallel_rank() == 0 and mpu.get_data_parallel_rank() == 0:
         shared.copy_(logits[..., :arch.vocab_size])  # cut the vocab padding
     dist.all_reduce(shared)  # exactly one rank contributed: everyone now holds the logits
-    return shared
+    return shared.cpu()  # beside the HF model's
 
 
 def hf_logits(hf_dir: str, tokens: torch.Tensor) -> torch.Tensor:
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
     ctx = init_distributed(tp, pp, seed=args.seed)
     tokens = random_tokens(arch.vocab_size, args.batch_size, args.seq_len, args.seed)
     logits = checkpoint_logits(args.megatron_dir, arch, padded_vocab, tokens)
-    diff = torch.zeros((), dtype=torch.float64)
+    diff = torch.zeros((), dtype=torch.float64, device=comm_device(dist.group.WORLD))
     if ctx.rank == 0:  # one rank runs the HF model
         diff.fill_((logits - hf_logits(args.hf_dir, tokens)).abs().max().item())
         print(f"max_abs_diff={diff.item():.3e}  (TP{tp} x PP{pp}, atol {args.atol:g})")

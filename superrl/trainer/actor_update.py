@@ -10,7 +10,7 @@ from superrl.algorithms.counts import global_token_mean
 from superrl.algorithms.hybrid import (ExpertTokens, LogSigmaWeights, RolloutTokens, build_loss_scales,
                                        hybrid_loss)
 from superrl.trainer.batching import EXPERT, ROLLOUT, RowSet, target_mask
-from superrl.trainer.step import IGNORE, forward_outputs, train_step
+from superrl.trainer.step import IGNORE, forward_outputs, model_device, train_step
 
 
 @dataclass
@@ -31,6 +31,7 @@ def _policy_entropy(micro_batches: list) -> float:
     """DP-global token-mean entropy of the rollout tokens under the current policy (detached)."""
     values = []
     for mb in micro_batches:
+        mb = mb.to(mb.old_entropy.device)
         rows = mb.row_kind == ROLLOUT
         values.append(mb.old_entropy[rows][mb.targets[rows] != IGNORE])
     values = torch.cat(values)  # flat: micro-batches may differ in width
@@ -38,12 +39,15 @@ def _policy_entropy(micro_batches: list) -> float:
 
 
 def loss_scales(cfg, decision, rollout: RowSet, experts: RowSet, micro_batches: list):
-    """Step-wide gates and DP-global normalisers (last stage only; None elsewhere)."""
+    """Step-wide gates and DP-global normalisers (last stage only; None elsewhere), on the model's
+    device, where the loss indexes them with the micro-batches' rows: the device of the old
+    log-probs attach_old_logprobs recomputed."""
     if not mpu.is_pipeline_last_stage():
         return None
+    device = micro_batches[0].old_logprobs.device
     entropy = _policy_entropy(micro_batches) if cfg.hybrid.weighting == "entropy" else None
-    return build_loss_scales(cfg, decision, target_mask(rollout.rows), rollout.prompt_index,
-                             target_mask(experts.rows), experts.prompt_index,
+    return build_loss_scales(cfg, decision, target_mask(rollout.rows).to(device), rollout.prompt_index.to(device),
+                             target_mask(experts.rows).to(device), experts.prompt_index.to(device),
                              num_micro_batches=len(micro_batches), group=mpu.get_data_parallel_group(),
                              policy_entropy=entropy)
 
@@ -68,4 +72,5 @@ def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma: Optional[L
 
 def actor_step(state, cfg, scales, advantages: torch.Tensor, update: ActorUpdate) -> dict:
     """One optimizer step of the policy on `update`'s micro-batches."""
+    advantages = advantages.to(model_device(state.model))  # the loss indexes them with its rows
     return train_step(state, update.micro_batches, _hybrid_loss_fn(cfg, scales, advantages, update.log_sigma))

@@ -7,6 +7,7 @@ A step whose loss or gradients hold NaN/Inf anywhere in the job is skipped on ev
 weights, optimizer moments and LR schedule stay as they were (fp32 megatron has no grad scaler to
 catch it, and clipping a NaN norm would write NaN into every weight).
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from superrl.algorithms.counts import comm_device
 from superrl.algorithms.sft_loss import sft_loss
 
 IGNORE = -100
@@ -36,7 +38,17 @@ class MicroBatch:
     @property
     def position_ids(self) -> torch.Tensor:
         b, s = self.tokens.shape
-        return torch.arange(s).unsqueeze(0).expand(b, s)
+        return torch.arange(s, device=self.tokens.device).unsqueeze(0).expand(b, s)
+
+    def to(self, device: torch.device) -> "MicroBatch":
+        """This micro-batch with every tensor on `device` (tensors already there are not copied)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self) if getattr(self, f.name) is not None})
+
+
+def model_device(model) -> torch.device:
+    """Where the model's parameters live: every tensor a step gives the model goes there."""
+    return next(model.parameters()).device
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch], tuple]  # -> (loss, {metric: sum})
@@ -49,8 +61,10 @@ def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: 
     if pipelined and any(mb.tokens.shape != (mbs, seq_len) for mb in micro_batches):
         raise ValueError("pipeline schedules need equal micro-batch shapes; pad micro-batches first")
 
+    device = model_device(model)
+
     def forward_step(data_iterator, model_chunk):
-        mb = next(data_iterator)
+        mb = next(data_iterator).to(device)  # batches are built on the host
         output = model_chunk(mb.tokens, mb.position_ids, None, labels=mb.targets)
         return output, lambda out: _loss_with_metrics(loss_fn, out, mb)
 
@@ -64,9 +78,10 @@ def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: 
 def _loss_with_metrics(loss_fn: LossFn, output, mb: MicroBatch):
     logprobs, entropy = output
     loss, metrics = loss_fn(logprobs, entropy, mb)
-    reduced = {k: torch.as_tensor(v, dtype=torch.float64).detach().reshape(()) for k, v in metrics.items()}
+    reduced = {k: torch.as_tensor(v, dtype=torch.float64, device=loss.device).detach().reshape(())
+               for k, v in metrics.items()}
     reduced["loss"] = loss.detach().double()
-    return loss, torch.ones((), dtype=torch.int), reduced
+    return loss, torch.ones((), dtype=torch.int, device=loss.device), reduced
 
 
 def _sum_metrics_to_all_ranks(results: list) -> dict:
@@ -76,11 +91,13 @@ def _sum_metrics_to_all_ranks(results: list) -> dict:
     names = [keys]
     dist.broadcast_object_list(names, src=last, group=mpu.get_pipeline_model_parallel_group())
     keys = names[0]
-    values = torch.zeros(len(keys), dtype=torch.float64)
+    dp_group, pp_group = mpu.get_data_parallel_group(), mpu.get_pipeline_model_parallel_group()
+    values = torch.zeros(len(keys), dtype=torch.float64, device=comm_device(dp_group))
     for r in results:
-        values += torch.stack([r[k] for k in keys])
-    dist.all_reduce(values, group=mpu.get_data_parallel_group())
-    dist.broadcast(values, src=last, group=mpu.get_pipeline_model_parallel_group())
+        values += torch.stack([r[k] for k in keys]).to(values.device)
+    dist.all_reduce(values, group=dp_group)
+    values = values.to(comm_device(pp_group))
+    dist.broadcast(values, src=last, group=pp_group)
     return dict(zip(keys, values.tolist()))
 
 
@@ -88,7 +105,7 @@ def grads_and_loss_finite(model, loss: float) -> bool:
     """Collective over the world: True only when every rank's loss and gradients are finite."""
     finite = math.isfinite(loss) and all(bool(torch.isfinite(buffer.grad_data).all())
                                          for buffer in model.buffers + model.expert_parallel_buffers)
-    flag = torch.tensor(int(finite))
+    flag = torch.tensor(int(finite), device=comm_device(dist.group.WORLD))
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag)
 
