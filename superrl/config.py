@@ -28,6 +28,7 @@ class ModelConfig:
     fp8_amax_history: int = 16
     logprob_chunk_size: Optional[int] = None  # tokens per chunk of the fused output layer
     transformer_engine: str = "auto"  # auto | on | off
+    dtype: str = "float32"  # float32 | bfloat16 (megatron mixed precision: fp32 main params and grads)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class RolloutConfig:
     max_tokens: int = 64
     max_batch_size: int = 64
     sync_bucket_mb: int = 512  # slime's default (--update-weight-buffer-size); a limit, not an allocation
+    dtype: Optional[str] = None  # the engine's weights: float32 | bfloat16; None: model.dtype
 
 
 @dataclass
@@ -107,6 +109,8 @@ class Config:
 
 CHOICES = {
     "model.transformer_engine": ("auto", "on", "off"),
+    "model.dtype": ("float32", "bfloat16"),
+    "rollout.dtype": ("float32", "bfloat16"),  # or null: model.dtype
     "data.prompt_template": ("chat", "plain"),
     "rollout.engine": ("embedded", "vllm"),
 }
@@ -172,7 +176,8 @@ def get_key(config: Config, dotted: str):
 
 def check_choices(config: Config) -> None:
     for key, allowed in CHOICES.items():
-        if get_key(config, key) not in allowed:
+        value = get_key(config, key)
+        if value is not None and value not in allowed:  # None: an optional key left unset
             raise ConfigError(f"{key}={get_key(config, key)!r} is not one of {', '.join(allowed)}")
 
 

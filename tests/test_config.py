@@ -48,6 +48,8 @@ def test_bare_off_is_the_off_mode_not_a_boolean(tmp_path):
     ("rollout.n=0", "rollout.n=0 must be >= 1"),
     ("algorithm.kl_in_reward=true algorithm.kl_coef=0.1", "algorithm.kl_in_reward=true is not supported"),
     ("algorithm.advantage=rloo rollout.n=1", "algorithm.advantage=rloo needs rollout.n >= 2"),
+    ("model.dtype=float16", "model.dtype='float16' is not one of float32, bfloat16"),
+    ("rollout.dtype=fp8", "rollout.dtype='fp8' is not one of float32, bfloat16"),
 ])
 def test_bad_keys_and_values(override, message):
     """Refused at load, before any model or process group exists."""
@@ -84,3 +86,11 @@ def test_valid_layouts_pass():
 def test_unsupported_architecture_is_named():
     with pytest.raises(UnsupportedModelError, match="'MistralForCausalLM' is not supported"):
         arch_from_hf_config({**HF, "architectures": ["MistralForCausalLM"]})
+
+
+def test_rollout_dtype_defaults_to_the_training_dtype():
+    from superrl.trainer.engine_setup import engine_dtype
+
+    assert engine_dtype(load_config(None, [])) == "float32"
+    assert engine_dtype(load_config(None, ["model.dtype=bfloat16"])) == "bfloat16"
+    assert engine_dtype(load_config(None, ["model.dtype=bfloat16", "rollout.dtype=float32"])) == "float32"

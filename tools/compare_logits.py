@@ -1,11 +1,14 @@
 """Check a megatron checkpoint against its Hugging Face model: same random tokens, same logits.
 
     python tools/compare_logits.py --hf-dir DIR --megatron-dir MDIR [--tp N --pp M] [--atol 1e-4]
+                                   [--dtype float32|bfloat16]
     torchrun --nproc-per-node N*M tools/compare_logits.py --hf-dir DIR --megatron-dir MDIR
 
 A plain run loads the checkpoint at TP1 x PP1, a torchrun world at the checkpoint's own TP x PP;
 `--tp/--pp` pick another layout (resharded on load; a plain run then launches the ranks itself).
-Prints `max_abs_diff=<float>` and exits 1 when it exceeds `--atol`.
+Prints `max_abs_diff=<float>` and exits 1 when it exceeds `--atol`. `--dtype bfloat16` runs both
+models in bf16 (the megatron one as training runs it, in megatron's Float16Module); two bf16
+implementations differ by bf16 rounding, not 1e-4: docs/mixed_precision.md gives the tolerance.
 """
 import argparse
 import sys
@@ -25,6 +28,7 @@ from superrl.algorithms.counts import comm_device  # noqa: E402
 from superrl.distributed import destroy_distributed, init_distributed  # noqa: E402
 from superrl.hf_config import ModelArch, load_arch  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
+from superrl.trainer.model_setup import with_mixed_precision  # noqa: E402
 from superrl.trainer.step import model_device  # noqa: E402
 from superrl.weights.megatron_checkpoint import check_same_model, load_model_checkpoint, read_checkpoint_metadata  # noqa: E402,E501
 
@@ -39,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="precision both models run in (default float32)")
     return p.parse_args(argv)
 
 
@@ -64,14 +70,15 @@ def last_stage_logits(model, tokens: torch.Tensor):
     return gather_from_tensor_model_parallel_region(outputs[0])
 
 
-def checkpoint_logits(megatron_dir: str, arch: ModelArch, padded_vocab: int, tokens: torch.Tensor) -> torch.Tensor:
+def checkpoint_logits(megatron_dir: str, arch: ModelArch, padded_vocab: int, tokens: torch.Tensor,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Collective over the current megatron TP x PP layout: load the checkpoint (resharding if it was
-    saved at another layout) and return its logits [b, s, vocab_size] on every rank."""
+    saved at another layout) into a model in `dtype` and return its fp32 logits [b, s, vocab_size]
+    on every rank."""
     tp, pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
-    model = build_policy_model(arch, tp, pp, padded_vocab)
+    model = build_policy_model(arch, tp, pp, padded_vocab, dtype=dtype)
     load_model_checkpoint(model, megatron_dir, arch)
-    model.eval()
-    return shared_logits(model, arch, tokens)
+    return shared_logits(with_mixed_precision(model).eval(), arch, tokens)
 
 
 def shared_logits(model, arch: ModelArch, tokens: torch.Tensor) -> torch.Tensor:
@@ -84,10 +91,10 @@ def shared_logits(model, arch: ModelArch, tokens: torch.Tensor) -> torch.Tensor:
     return shared.cpu()  # beside the HF model's
 
 
-def hf_logits(hf_dir: str, tokens: torch.Tensor) -> torch.Tensor:
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+def hf_logits(hf_dir: str, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype)
     with torch.no_grad():
-        return model(tokens).logits
+        return model(tokens).logits.float()
 
 
 def main(argv=None) -> int:
@@ -104,11 +111,12 @@ def main(argv=None) -> int:
 
     ctx = init_distributed(tp, pp, seed=args.seed)
     tokens = random_tokens(arch.vocab_size, args.batch_size, args.seq_len, args.seed)
-    logits = checkpoint_logits(args.megatron_dir, arch, padded_vocab, tokens)
+    dtype = getattr(torch, args.dtype)
+    logits = checkpoint_logits(args.megatron_dir, arch, padded_vocab, tokens, dtype)
     diff = torch.zeros((), dtype=torch.float64, device=comm_device(dist.group.WORLD))
     if ctx.rank == 0:  # one rank runs the HF model
-        diff.fill_((logits - hf_logits(args.hf_dir, tokens)).abs().max().item())
-        print(f"max_abs_diff={diff.item():.3e}  (TP{tp} x PP{pp}, atol {args.atol:g})")
+        diff.fill_((logits - hf_logits(args.hf_dir, tokens, dtype)).abs().max().item())
+        print(f"max_abs_diff={diff.item():.3e}  (TP{tp} x PP{pp}, {args.dtype}, atol {args.atol:g})")
     dist.broadcast(diff, src=0)  # every rank exits with the same code
     destroy_distributed()
     return 0 if diff.item() <= args.atol else 1

@@ -35,7 +35,8 @@ def check_trainable(arch: ModelArch) -> None:
                                     "megatron model provider (only 'default')")
 
 
-def transformer_config(arch: ModelArch, tp: int, pp: int) -> TransformerConfig:
+def transformer_config(arch: ModelArch, tp: int, pp: int, dtype: torch.dtype = torch.float32) -> TransformerConfig:
+    """`dtype`: the parameters' (bfloat16: megatron's mixed precision, see trainer/model_setup.py)."""
     check_trainable(arch)
     on_gpu = torch.cuda.is_available()
     return TransformerConfig(
@@ -45,7 +46,7 @@ def transformer_config(arch: ModelArch, tp: int, pp: int) -> TransformerConfig:
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=arch.qkv_bias,
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        params_dtype=torch.float32, pipeline_dtype=torch.float32,
+        params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
         use_cpu_initialization=not on_gpu, perform_initialization=True,
         # Fused kernels are CUDA-only; the unfused paths are what CPU runs and tests compare.
         bias_activation_fusion=False, bias_dropout_fusion=False, masked_softmax_fusion=False,
@@ -87,9 +88,9 @@ class PolicyModel(GPTModel):
 
 
 def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
-                       transformer_engine: str = "auto") -> PolicyModel:
+                       transformer_engine: str = "auto", dtype: torch.dtype = torch.float32) -> PolicyModel:
     """This rank's PP stage of the model (parameters randomly initialised; load weights after)."""
-    config = transformer_config(arch, tp, pp)
+    config = transformer_config(arch, tp, pp, dtype)
     if use_transformer_engine(transformer_engine):
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:

@@ -6,13 +6,22 @@ over micro-batches and DP ranks is the full-batch gradient. This module enforces
 on the model's `calculate_per_token_loss` config (models/gpt.py), under which megatron's schedule
 does not divide by the number of micro-batches and DDP sums gradients instead of averaging them,
 and `_finalize_grads_without_token_scaling` keeps megatron from rescaling by its own token count.
+
+Precision (`model.dtype`): float32, or bfloat16 through megatron's own mixed precision: bf16
+parameters inside `Float16Module` (which casts activations in and the last stage's outputs back to
+fp32), gradients reduced into fp32 buffers, and a DistributedOptimizer that keeps fp32 main params
+(what AdamW updates and checkpoints hold) and copies them into the bf16 params after each step.
+The fused loss computes its softmax in fp32, so log-probs, losses and everything built on them
+(advantages, switch statistics, metrics) stay fp32.
 """
 from dataclasses import dataclass
 
+import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer.module import Float16Module
 
 from superrl.config import Config
 from superrl.hf_config import ModelArch
@@ -23,7 +32,7 @@ from superrl.weights.megatron_checkpoint import load_model_checkpoint
 
 @dataclass
 class TrainState:
-    model: DistributedDataParallel  # this rank's PP stage, wrapped for DP gradient reduction
+    model: DistributedDataParallel  # this rank's PP stage (in a Float16Module in bf16), wrapped for DP
     optimizer: object  # megatron DistributedOptimizer (or FP32Optimizer)
     scheduler: OptimizerParamScheduler
     arch: ModelArch
@@ -34,10 +43,19 @@ def _finalize_grads_without_token_scaling(model_chunks, num_tokens=None, **kwarg
     return finalize_model_grads(model_chunks, num_tokens=None, **kwargs)  # the contract above
 
 
+def model_dtype(config: Config) -> torch.dtype:
+    return getattr(torch, config.model.dtype)
+
+
+def with_mixed_precision(model):
+    """The model as megatron runs it in its configured precision: bf16 inside a Float16Module."""
+    return Float16Module(model.config, model) if model.config.bf16 else model
+
+
 def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True) -> TrainState:
     padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
     model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
-                               config.model.transformer_engine)
+                               config.model.transformer_engine, model_dtype(config))
     model.logprob_chunk_size = config.model.logprob_chunk_size
     if config.model.fp8_output_layer:
         model.use_fp8_output_layer(config.model.fp8_amax_history)
@@ -46,7 +64,8 @@ def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
         use_distributed_optimizer=config.optim.use_distributed_optimizer)
-    ddp_model = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    ddp_model = DistributedDataParallel(config=model.config, ddp_config=ddp_config,
+                                        module=with_mixed_precision(model))
     optimizer = get_megatron_optimizer(_optimizer_config(config), [ddp_model])
     tconfig = model.config
     tconfig.grad_scale_func = optimizer.scale_loss
@@ -60,7 +79,8 @@ def _optimizer_config(config: Config) -> OptimizerConfig:
     o = config.optim
     return OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=False, fp16=False,
+        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+        bf16=model_dtype(config) == torch.bfloat16, fp16=False,  # bf16: fp32 main params (params_dtype)
         use_distributed_optimizer=o.use_distributed_optimizer)
 
 

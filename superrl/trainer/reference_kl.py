@@ -7,18 +7,18 @@ from superrl.config import Config
 from superrl.hf_config import ModelArch
 from superrl.models.gpt import build_policy_model
 from superrl.trainer.feature import TrainerFeature
-from superrl.trainer.model_setup import load_initial_weights
+from superrl.trainer.model_setup import load_initial_weights, model_dtype, with_mixed_precision
 from superrl.trainer.step import forward_outputs
 
 
 def build_reference_model(config: Config, arch: ModelArch):
-    """Frozen copy of the initial policy (forward only, no DDP, no optimizer)."""
+    """Frozen copy of the initial policy in the policy's precision (forward only, no DDP, no optimizer)."""
     padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
     model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
-                               config.model.transformer_engine)
+                               config.model.transformer_engine, model_dtype(config))
     load_initial_weights(model, config, arch, padded_vocab)
     model.requires_grad_(False)
-    return model
+    return with_mixed_precision(model)
 
 
 class ReferenceKL(TrainerFeature):

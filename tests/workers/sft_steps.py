@@ -30,10 +30,12 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--fp8-output-layer", action="store_true")
+    p.add_argument("--dtype", default="float32")
     args = p.parse_args()
     config = load_config(None, [f"model.hf_dir={args.hf_dir}", f"parallel.tp={args.tp}",
                                 f"parallel.pp={args.pp}", "optim.lr=0.01", f"trainer.total_steps={args.steps}",
-                                f"model.fp8_output_layer={args.fp8_output_layer}"])
+                                f"model.fp8_output_layer={args.fp8_output_layer}",
+                                f"model.dtype={args.dtype}"])
     arch = load_arch(args.hf_dir)
     validate_parallelism(config, arch, world_size_from_env())
     ctx = init_distributed(args.tp, args.pp, seed=0)
@@ -51,7 +53,10 @@ def main():
     for _ in range(args.steps):
         metrics = train_step(state, mbs, sft_loss_fn(global_tokens))
         losses.append(metrics["loss"])
-    write_result({"losses": losses, "tokens": metrics["tokens"], "dp": ctx.dp_size})
+    write_result({"losses": losses, "tokens": metrics["tokens"], "dp": ctx.dp_size,
+                  "model_dtypes": sorted({str(p.dtype) for p in state.model.parameters()}),
+                  "main_param_dtypes": sorted({str(p.dtype) for group in state.optimizer.param_groups
+                                               for p in group["params"]})})
 
 
 if __name__ == "__main__":
