@@ -94,8 +94,8 @@ def destroy_distributed() -> None:
 
 
 def abort_distributed() -> None:
-    """After a failure on this rank: leave without the teardown that waits for peers (NCCL's
-    destroy waits for in-flight collectives; abort cancels them), so this rank exits at once and
-    the peers' collectives fail instead of waiting. gloo peers already see the closed sockets."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
+    """After a failure on this rank: abort every process group instead of the teardown that waits
+    for peers (NCCL's destroy waits for in-flight collectives; abort cancels them), so this rank
+    exits at once and its peers' collectives fail instead of waiting. The same call on gloo."""
+    if dist.is_initialized():
         dist.distributed_c10d._abort_process_group()
