@@ -7,7 +7,8 @@ is not what it expects.
 """
 import torch
 
-from . import cuda_redirect, rng_tracker, tensor_cuda_calls, tensor_type_checks, torch_adam_step
+from . import (cuda_redirect, rng_tracker, tensor_cuda_calls, tensor_type_checks, torch_adam_step,
+               torch_norm_sequence_parallel)
 from ._core import PatchMismatchError, check_megatron_version
 
 __all__ = ["apply", "PatchMismatchError"]
@@ -32,4 +33,5 @@ def _apply_cpu_patches() -> None:
     rng_tracker.apply()
     tensor_type_checks.apply()
     tensor_cuda_calls.apply()
+    torch_norm_sequence_parallel.apply()
     _applied = True

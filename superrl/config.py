@@ -29,12 +29,14 @@ class ModelConfig:
     logprob_chunk_size: Optional[int] = None  # tokens per chunk of the fused output layer
     transformer_engine: str = "auto"  # auto | on | off
     dtype: str = "float32"  # float32 | bfloat16 (megatron mixed precision: fp32 main params and grads)
+    recompute: str = "none"  # activation recomputation: none | selective (core attention) | full (every layer)
 
 
 @dataclass
 class ParallelConfig:
     tp: int = 1
     pp: int = 1
+    sequence_parallel: bool = False  # megatron sequence parallelism (needs tp > 1)
 
 
 @dataclass
@@ -76,6 +78,7 @@ class OptimConfig:
     warmup_steps: int = 0
     micro_batch_size: int = 8  # sequences per forward/backward
     use_distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = False  # DP gradient reduction bucket by bucket during the backward
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Config:
 CHOICES = {
     "model.transformer_engine": ("auto", "on", "off"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.recompute": ("none", "selective", "full"),
     "rollout.dtype": ("float32", "bfloat16"),  # or null: model.dtype
     "data.prompt_template": ("chat", "plain"),
     "rollout.engine": ("embedded", "vllm"),
@@ -226,6 +230,8 @@ def validate_parallelism(config: Config, arch, world_size: int) -> None:
         raise ConfigError(f"parallel.tp={tp} does not divide the padded vocab size {vocab} "
                           f"(vocab_size={arch.vocab_size}, model.vocab_pad_multiple="
                           f"{config.model.vocab_pad_multiple})")
+    if config.parallel.sequence_parallel and tp == 1:
+        raise ConfigError("parallel.sequence_parallel=true needs parallel.tp > 1 (it splits the sequence over TP ranks)")
     if arch.num_layers % pp:
         raise ConfigError(f"parallel.pp={pp} does not divide num_hidden_layers={arch.num_layers}")
     if world_size % (tp * pp):

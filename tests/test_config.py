@@ -50,6 +50,7 @@ def test_bare_off_is_the_off_mode_not_a_boolean(tmp_path):
     ("algorithm.advantage=rloo rollout.n=1", "algorithm.advantage=rloo needs rollout.n >= 2"),
     ("model.dtype=float16", "model.dtype='float16' is not one of float32, bfloat16"),
     ("rollout.dtype=fp8", "rollout.dtype='fp8' is not one of float32, bfloat16"),
+    ("model.recompute=some", "model.recompute='some' is not one of none, selective, full"),
 ])
 def test_bad_keys_and_values(override, message):
     """Refused at load, before any model or process group exists."""
@@ -94,3 +95,10 @@ def test_rollout_dtype_defaults_to_the_training_dtype():
     assert engine_dtype(load_config(None, [])) == "float32"
     assert engine_dtype(load_config(None, ["model.dtype=bfloat16"])) == "bfloat16"
     assert engine_dtype(load_config(None, ["model.dtype=bfloat16", "rollout.dtype=float32"])) == "float32"
+
+
+def test_sequence_parallel_needs_tensor_parallelism():
+    config = load_config(None, ["parallel.sequence_parallel=true"])
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel=true needs parallel.tp > 1"):
+        validate_launch(config, arch_from_hf_config(HF), 1)
+    validate_launch(load_config(None, ["parallel.sequence_parallel=true", "parallel.tp=2"]), arch_from_hf_config(HF), 2)

@@ -121,6 +121,8 @@ def test_qwen_recipes_launch_two_nodes_of_eight():
         assert _world_size(_launch_line(path, text), text) == 16
         assert (config.parallel.tp, config.parallel.pp, config.rollout.engine) == (4, 2, "vllm")
         assert config.model.dtype == "bfloat16" and config.rollout.dtype is None  # H100s train in bf16
+        assert (config.parallel.sequence_parallel, config.model.recompute, config.optim.overlap_grad_reduce) == (
+            True, "selective", True)
 
 
 def test_a_recipe_with_an_unknown_model_fails():

@@ -13,6 +13,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
     get_gpt_layer_with_transformer_engine_spec,
 )
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer import TransformerConfig
 
 from superrl.hf_config import ModelArch, UnsupportedModelError
@@ -35,8 +36,18 @@ def check_trainable(arch: ModelArch) -> None:
                                     "megatron model provider (only 'default')")
 
 
-def transformer_config(arch: ModelArch, tp: int, pp: int, dtype: torch.dtype = torch.float32) -> TransformerConfig:
-    """`dtype`: the parameters' (bfloat16: megatron's mixed precision, see trainer/model_setup.py)."""
+RECOMPUTE = {  # model.recompute -> megatron's activation recomputation settings
+    "none": {},
+    "selective": {"recompute_granularity": "selective"},  # core attention, megatron's default module
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
+
+
+def transformer_config(arch: ModelArch, tp: int, pp: int, dtype: torch.dtype = torch.float32,
+                       sequence_parallel: bool = False, recompute: str = "none") -> TransformerConfig:
+    """`dtype`: the parameters' (bfloat16: megatron's mixed precision, see trainer/model_setup.py);
+    `sequence_parallel`, `recompute`: megatron's memory switches (config `parallel.sequence_parallel`,
+    `model.recompute`)."""
     check_trainable(arch)
     on_gpu = torch.cuda.is_available()
     return TransformerConfig(
@@ -53,6 +64,7 @@ def transformer_config(arch: ModelArch, tp: int, pp: int, dtype: torch.dtype = t
         persist_layer_norm=False, apply_rope_fusion=False, gradient_accumulation_fusion=False,
         # Our losses arrive already normalised by global counts: no per-micro-batch averaging.
         calculate_per_token_loss=True,
+        sequence_parallel=sequence_parallel, **RECOMPUTE[recompute],
     )
 
 
@@ -78,6 +90,10 @@ class PolicyModel(GPTModel):
             return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
         weight = (self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights
                   else self.output_layer.weight)
+        if self.config.sequence_parallel:  # this rank holds s/tp positions; the loss needs all of them
+            # The fused kernel all-reduces its hidden gradient over TP already: the gather's
+            # backward only takes this rank's positions back (no second reduction).
+            hidden_states = gather_from_sequence_parallel_region(hidden_states, tensor_parallel_output_grad=False)
         b, s = labels.shape
         hidden = hidden_states.transpose(0, 1).reshape(b * s, -1)
         fp8 = self._modules.get("fp8_output_layer")
@@ -88,9 +104,11 @@ class PolicyModel(GPTModel):
 
 
 def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
-                       transformer_engine: str = "auto", dtype: torch.dtype = torch.float32) -> PolicyModel:
-    """This rank's PP stage of the model (parameters randomly initialised; load weights after)."""
-    config = transformer_config(arch, tp, pp, dtype)
+                       transformer_engine: str = "auto", dtype: torch.dtype = torch.float32,
+                       **switches) -> PolicyModel:
+    """This rank's PP stage of the model (parameters randomly initialised; load weights after).
+    `switches`: transformer_config's sequence_parallel and recompute."""
+    config = transformer_config(arch, tp, pp, dtype, **switches)
     if use_transformer_engine(transformer_engine):
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:

@@ -52,17 +52,24 @@ def with_mixed_precision(model):
     return Float16Module(model.config, model) if model.config.bf16 else model
 
 
+def build_model(config: Config, arch: ModelArch):
+    """This rank's stage of the configured model (precision and megatron switches), weights not loaded."""
+    return build_policy_model(arch, config.parallel.tp, config.parallel.pp,
+                              arch.padded_vocab_size(config.model.vocab_pad_multiple), config.model.transformer_engine,
+                              model_dtype(config), sequence_parallel=config.parallel.sequence_parallel,
+                              recompute=config.model.recompute)
+
+
 def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True) -> TrainState:
     padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
-    model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
-                               config.model.transformer_engine, model_dtype(config))
+    model = build_model(config, arch)
     model.logprob_chunk_size = config.model.logprob_chunk_size
     if config.model.fp8_output_layer:
         model.use_fp8_output_layer(config.model.fp8_amax_history)
     if load_weights:
         load_initial_weights(model, config, arch, padded_vocab)
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        grad_reduce_in_fp32=True, overlap_grad_reduce=config.optim.overlap_grad_reduce,
         use_distributed_optimizer=config.optim.use_distributed_optimizer)
     ddp_model = DistributedDataParallel(config=model.config, ddp_config=ddp_config,
                                         module=with_mixed_precision(model))

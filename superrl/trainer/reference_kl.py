@@ -5,18 +5,15 @@ KL term. It is rebuilt from the initial weights on every start, so it has no che
 """
 from superrl.config import Config
 from superrl.hf_config import ModelArch
-from superrl.models.gpt import build_policy_model
 from superrl.trainer.feature import TrainerFeature
-from superrl.trainer.model_setup import load_initial_weights, model_dtype, with_mixed_precision
+from superrl.trainer.model_setup import build_model, load_initial_weights, with_mixed_precision
 from superrl.trainer.step import forward_outputs
 
 
 def build_reference_model(config: Config, arch: ModelArch):
     """Frozen copy of the initial policy in the policy's precision (forward only, no DDP, no optimizer)."""
-    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
-    model = build_policy_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
-                               config.model.transformer_engine, model_dtype(config))
-    load_initial_weights(model, config, arch, padded_vocab)
+    model = build_model(config, arch)
+    load_initial_weights(model, config, arch, arch.padded_vocab_size(config.model.vocab_pad_multiple))
     model.requires_grad_(False)
     return with_mixed_precision(model)
 

@@ -14,8 +14,10 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from megatron.core import parallel_state as mpu
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
 from superrl.algorithms.counts import comm_device
 from superrl.algorithms.sft_loss import sft_loss
@@ -61,18 +63,35 @@ def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: 
     if pipelined and any(mb.tokens.shape != (mbs, seq_len) for mb in micro_batches):
         raise ValueError("pipeline schedules need equal micro-batch shapes; pad micro-batches first")
 
-    device = model_device(model)
+    device, multiple = model_device(model), _sequence_multiple(model)
 
     def forward_step(data_iterator, model_chunk):
         mb = next(data_iterator).to(device)  # batches are built on the host
-        output = model_chunk(mb.tokens, mb.position_ids, None, labels=mb.targets)
-        return output, lambda out: _loss_with_metrics(loss_fn, out, mb)
+        width = mb.tokens.shape[1]
+        padded = _pad_width(mb, multiple)
+        output = model_chunk(padded.tokens, padded.position_ids, None, labels=padded.targets)
+        return output, lambda out: _loss_with_metrics(loss_fn, tuple(o[:, :width] for o in out), mb)
 
     results = get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
-        num_microbatches=len(micro_batches), seq_length=seq_len, micro_batch_size=mbs,
-        forward_only=forward_only)
+        num_microbatches=len(micro_batches), seq_length=_pad_width(micro_batches[0], multiple).tokens.shape[1],
+        micro_batch_size=mbs, forward_only=forward_only)
     return _sum_metrics_to_all_ranks(results)
+
+
+def _sequence_multiple(model) -> int:
+    """Sequence parallelism splits the sequence over the TP ranks: widths must divide by TP."""
+    return mpu.get_tensor_model_parallel_world_size() if get_model_config(model).sequence_parallel else 1
+
+
+def _pad_width(mb: MicroBatch, multiple: int) -> MicroBatch:
+    """The model's input: `mb`'s tokens and targets right-padded to a multiple of `multiple` positions
+    (causal attention keeps the extra positions out of the real ones; their targets are ignored, and
+    the loss sees the outputs cut back to `mb`'s width)."""
+    extra = -mb.tokens.shape[1] % multiple
+    if not extra:
+        return mb
+    return MicroBatch(F.pad(mb.tokens, (0, extra), value=0), F.pad(mb.targets, (0, extra), value=IGNORE))
 
 
 def _loss_with_metrics(loss_fn: LossFn, output, mb: MicroBatch):

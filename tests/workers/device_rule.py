@@ -24,7 +24,7 @@ from superrl.config import load_config  # noqa: E402
 from superrl.distributed import init_distributed, seed_everything  # noqa: E402
 from superrl.hf_config import load_arch  # noqa: E402
 from superrl.models.gpt import build_policy_model  # noqa: E402
-from superrl.trainer import model_setup, reference_kl  # noqa: E402
+from superrl.trainer import model_setup  # noqa: E402
 from superrl.trainer.loop import Trainer  # noqa: E402
 from superrl.trainer.preemption import PreemptionWatch  # noqa: E402
 from superrl.weights.megatron_checkpoint import load_model_checkpoint  # noqa: E402
@@ -123,8 +123,7 @@ def main():
     tokens = compare_logits.random_tokens(arch.vocab_size, 2, 8, seed=0)
     hf_logits = compare_logits.hf_logits(config.model.hf_dir, tokens)  # the host reference
     check("compare_logits", lambda: compare_logits_on_fake_gpu(model, arch, tokens, hf_logits), results)
-    model_setup.build_policy_model = built_on_fake_gpu(model_setup.build_policy_model)
-    reference_kl.build_policy_model = built_on_fake_gpu(reference_kl.build_policy_model)
+    model_setup.build_policy_model = built_on_fake_gpu(model_setup.build_policy_model)  # policy and reference
     check("train_step", lambda: first_train_step(config, arch, ctx, metrics, GPU), results)
     write_result({"results": results, "metrics": metrics, "host_metrics": host_metrics})
 

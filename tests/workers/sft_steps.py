@@ -31,11 +31,12 @@ def main():
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--fp8-output-layer", action="store_true")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--set", nargs="*", default=[], help="more config overrides, key=value")
     args = p.parse_args()
     config = load_config(None, [f"model.hf_dir={args.hf_dir}", f"parallel.tp={args.tp}",
                                 f"parallel.pp={args.pp}", "optim.lr=0.01", f"trainer.total_steps={args.steps}",
                                 f"model.fp8_output_layer={args.fp8_output_layer}",
-                                f"model.dtype={args.dtype}"])
+                                f"model.dtype={args.dtype}", *args.set])
     arch = load_arch(args.hf_dir)
     validate_parallelism(config, arch, world_size_from_env())
     ctx = init_distributed(args.tp, args.pp, seed=0)
@@ -56,7 +57,10 @@ def main():
     write_result({"losses": losses, "tokens": metrics["tokens"], "dp": ctx.dp_size,
                   "model_dtypes": sorted({str(p.dtype) for p in state.model.parameters()}),
                   "main_param_dtypes": sorted({str(p.dtype) for group in state.optimizer.param_groups
-                                               for p in group["params"]})})
+                                               for p in group["params"]}),
+                  "switches": {"sequence_parallel": state.model.config.sequence_parallel,
+                               "recompute_granularity": state.model.config.recompute_granularity,
+                               "overlap_grad_reduce": state.model.ddp_config.overlap_grad_reduce}})
 
 
 if __name__ == "__main__":
