@@ -34,12 +34,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_SINGLE_PROCESS_ENV: dict = {}  # what _ensure_env_for_single_process added, removed at teardown
+
+
 def _ensure_env_for_single_process() -> None:
-    """Let `python -m superrl.train` run without torchrun, as a world of one."""
+    """Let `python -m superrl.train` run without torchrun, as a world of one. The variables are
+    taken back when the world ends: a process that runs a tool in-process (a test, a notebook)
+    must not hand a stale rank and port to every process it starts afterwards."""
     if "RANK" in os.environ:
         return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    added = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                 MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    _SINGLE_PROCESS_ENV.update({k: v for k, v in added.items() if k not in os.environ})
+    os.environ.update(added)
+
+
+def _remove_single_process_env() -> None:
+    for key in _SINGLE_PROCESS_ENV:
+        os.environ.pop(key, None)
+    _SINGLE_PROCESS_ENV.clear()
 
 
 def world_size_from_env() -> int:
@@ -91,6 +104,7 @@ def destroy_distributed() -> None:
     mpu.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    _remove_single_process_env()
 
 
 def abort_distributed() -> None:
@@ -99,3 +113,4 @@ def abort_distributed() -> None:
     exits at once and its peers' collectives fail instead of waiting. The same call on gloo."""
     if dist.is_initialized():
         dist.distributed_c10d._abort_process_group()
+    _remove_single_process_env()

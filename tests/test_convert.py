@@ -193,3 +193,14 @@ def test_compare_logits_rejects_checkpoint_of_another_model(tiny_llama, qwen_ckp
 def test_directory_without_metadata_is_not_a_checkpoint(tiny_llama):
     with pytest.raises(CheckpointError, match="is not a complete SuperRL megatron checkpoint"):
         convert_megatron_to_hf.main(["--megatron-dir", tiny_llama, "--out-dir", "unused"])
+
+
+def test_an_in_process_conversion_leaves_no_world_behind(tiny_llama, tmp_path, monkeypatch):
+    """Run in-process (as tests and notebooks do), a tool's world of one takes its RANK/MASTER_PORT
+    back: left behind, they made every later `python -m superrl.train` bind the same stale port."""
+    world = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    for key in world:
+        monkeypatch.delenv(key, raising=False)
+    convert_hf_to_megatron.main(["--hf-dir", tiny_llama, "--out-dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "superrl_checkpoint.json").is_file()
+    assert [key for key in world if key in os.environ] == []
