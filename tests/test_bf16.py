@@ -61,6 +61,17 @@ def test_bf16_adamw_steps_match_float32(tiny_llama, fp32_and_bf16_tp1, nproc, la
     assert bf16["losses"][-1] < bf16["losses"][0] - 1.0  # and learns
 
 
+def test_weight_sync_casts_once_into_the_engines_dtype(tiny_llama):
+    """model.dtype and rollout.dtype may differ: at TP2, every transport leaves each engine tensor
+    equal, bit for bit, to the trainer's (perturbed) full tensor cast once to the engine's dtype."""
+    [result, _] = run_torchrun("sync_dtypes.py", 2, ["--hf-dir", tiny_llama])
+    assert len(result) == 9
+    for case, synced in result.items():
+        engine_dtype = case.split("/")[1]
+        assert synced["engine_dtypes"] == [f"torch.{engine_dtype}"], case
+        assert synced["engine_tensors"] and sorted(synced["exact"]) == synced["engine_tensors"], case
+
+
 def test_bf16_kill_9_after_checkpoint_then_resume_is_bitwise(tmp_path, tiny_llama, arith_files, no_leftover_processes):
     """Checkpoints hold the fp32 main params (and the bf16 params derive from them), so a resumed
     bf16 run repeats the uninterrupted one bit for bit."""

@@ -16,7 +16,8 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer import TransformerConfig
 
-from superrl.hf_config import ModelArch, UnsupportedModelError
+from superrl.hf_config import ModelArch
+from superrl.models.trainable import check_trainable
 from superrl.ops import FP8OutputLayer, FP8Recipe, fused_linear_logprobs_and_entropy
 
 
@@ -27,13 +28,6 @@ def use_transformer_engine(setting: str) -> bool:
         raise RuntimeError("model.transformer_engine=on but transformer_engine (with CUDA) is not "
                            "available; install the `gpu` extra or set model.transformer_engine=auto")
     return available and setting != "off"
-
-
-def check_trainable(arch: ModelArch) -> None:
-    """What this model provider cannot build, refused by name (the rollout engine reads more)."""
-    if arch.rope.rope_type != "default":
-        raise UnsupportedModelError(f"{arch.name}: rope_type {arch.rope.rope_type!r} is not supported by the "
-                                    "megatron model provider (only 'default')")
 
 
 RECOMPUTE = {  # model.recompute -> megatron's activation recomputation settings
