@@ -59,6 +59,14 @@ class RolloutConfig:
     max_batch_size: int = 64
     sync_bucket_mb: int = 512  # slime's default (--update-weight-buffer-size); a limit, not an allocation
     dtype: Optional[str] = None  # the engine's weights: float32 | bfloat16; None: model.dtype
+    # Placement: world / tensor_parallel_size engine replicas over every rank; None: parallel.tp
+    tensor_parallel_size: Optional[int] = None
+    gpu_memory_utilization: float = 0.5  # vLLM's share of each GPU (verl's default; vLLM's own 0.92 assumes no trainer)
+    max_model_len: Optional[int] = None  # the engine's context (KV sizing); None: data.max_prompt_len + rollout.max_tokens
+    colocate: bool = True  # sleep the engine during training (vLLM sleep mode frees its weights and KV cache)
+    # Mean |engine - trainer| log-prob of the sampled tokens allowed right after a weight sync;
+    # None: 1e-3 in float32, 5e-2 when the trainer or engine runs in bfloat16
+    parity_tolerance: Optional[float] = None
 
 
 @dataclass
@@ -202,9 +210,23 @@ def check_trainer_settings(config: Config) -> None:
     _require(config.rollout.n >= 1, f"rollout.n={config.rollout.n} must be >= 1")
     _require(algorithm.advantage != "rloo" or config.rollout.n >= 2,
              f"algorithm.advantage=rloo needs rollout.n >= 2 responses per prompt, got rollout.n={config.rollout.n}")
+    check_rollout_settings(config.rollout, config.data)
     _require(not (algorithm.kl_in_reward and algorithm.kl_coef > 0),
              "algorithm.kl_in_reward=true is not supported by the trainer; use the KL loss term "
              "(algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
+
+
+def check_rollout_settings(rollout: RolloutConfig, data: DataConfig) -> None:
+    _require(0 < rollout.gpu_memory_utilization <= 1,
+             f"rollout.gpu_memory_utilization={rollout.gpu_memory_utilization} must be in (0, 1]")
+    _require(rollout.tensor_parallel_size is None or rollout.tensor_parallel_size >= 1,
+             f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} must be >= 1")
+    _require(rollout.parity_tolerance is None or rollout.parity_tolerance > 0,
+             f"rollout.parity_tolerance={rollout.parity_tolerance} must be > 0")
+    needed = data.max_prompt_len + rollout.max_tokens
+    _require(rollout.max_model_len is None or rollout.max_model_len >= needed,
+             f"rollout.max_model_len={rollout.max_model_len} is below data.max_prompt_len + rollout.max_tokens "
+             f"= {data.max_prompt_len} + {rollout.max_tokens} = {needed}")
 
 
 def validate_launch(config: Config, arch, world_size: int) -> None:
@@ -213,6 +235,7 @@ def validate_launch(config: Config, arch, world_size: int) -> None:
     process group exists."""
     validate_parallelism(config, arch, world_size)
     validate_data_parallel_batch(config, world_size)
+    validate_engine_parallelism(config, arch, world_size)
     validate_context_length(config, arch)
 
 
@@ -237,6 +260,20 @@ def validate_parallelism(config: Config, arch, world_size: int) -> None:
     if world_size % (tp * pp):
         raise ConfigError(f"world size {world_size} is not divisible by parallel.tp x parallel.pp "
                           f"= {tp} x {pp} = {tp * pp}")
+
+
+def engine_tensor_parallel_size(config: Config) -> int:
+    """`rollout.tensor_parallel_size`, by default the trainer's `parallel.tp`."""
+    return config.rollout.tensor_parallel_size or config.parallel.tp
+
+
+def validate_engine_parallelism(config: Config, arch, world_size: int) -> None:
+    """world / engine TP engine replicas, each splitting the heads over its ranks."""
+    tp = engine_tensor_parallel_size(config)
+    key = f"rollout.tensor_parallel_size={tp}"
+    _require(world_size % tp == 0, f"{key} does not divide the world size {world_size}")
+    _require(arch.num_heads % tp == 0, f"{key} does not divide num_attention_heads={arch.num_heads}")
+    _require(arch.num_kv_heads % tp == 0, f"{key} does not divide num_key_value_heads={arch.num_kv_heads}")
 
 
 def validate_data_parallel_batch(config: Config, world_size: int) -> None:

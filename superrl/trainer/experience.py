@@ -17,6 +17,7 @@ from superrl.rollout import SamplingParams
 class Rollouts:
     response_ids: list  # [P][K] token ids of each response
     finish_reasons: list  # [P][K]
+    logprobs: list  # [P][K] the engine's log-prob of each response token (temperature 1, unfiltered)
     rewards: torch.Tensor  # [P, K] float64
     reward_metrics: dict  # local counts, e.g. reward/errors
 
@@ -44,6 +45,7 @@ def generate_and_score(engine, tokenizer, scorer, examples: list, params: Sampli
     return Rollouts(
         response_ids=[[list(c.token_ids) for c in group] for group in completions],
         finish_reasons=[[c.finish_reason for c in group] for group in completions],
+        logprobs=[[list(c.logprobs) for c in group] for group in completions],
         rewards=rewards, reward_metrics=scored.metrics())
 
 
