@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         failed = True
         raise
     finally:
-        trainer.close()
+        trainer.close(failed)
         (abort_distributed if failed else destroy_distributed)()
     return 0
 

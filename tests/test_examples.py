@@ -123,6 +123,8 @@ def test_qwen_recipes_launch_two_nodes_of_eight():
         assert config.model.dtype == "bfloat16" and config.rollout.dtype is None  # H100s train in bf16
         assert (config.parallel.sequence_parallel, config.model.recompute, config.optim.overlap_grad_reduce) == (
             True, "selective", True)
+        rollout = config.rollout  # every GPU generates, vLLM takes half of each and sleeps during updates
+        assert (rollout.tensor_parallel_size, rollout.gpu_memory_utilization, rollout.colocate) == (2, 0.5, True)
 
 
 def test_a_recipe_with_an_unknown_model_fails():

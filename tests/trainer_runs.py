@@ -41,8 +41,8 @@ trainer: {{total_steps: {steps}, prompts_per_step: 4, run_dir: {run_dir}, save_e
     return str(path)
 
 
-def train(config: str, nproc: int = 1, *overrides) -> str:
-    return torchrun_module("superrl.train", nproc, ["--config", config, *overrides])
+def train(config: str, nproc: int = 1, *overrides, timeout: float = 600) -> str:
+    return torchrun_module("superrl.train", nproc, ["--config", config, *overrides], timeout=timeout)
 
 
 def start_training(tmp_path, config: str, *overrides, nproc: int = 0, script: str = "") -> subprocess.Popen:

@@ -63,3 +63,13 @@ class RolloutEngine(ABC):
     def weights_written(self) -> None:
         """Other processes have written the shared weights in place: refresh whatever the engine
         derived from them before the next forward."""
+
+    def sleep(self) -> None:
+        """Release what the engine holds on the accelerator while the trainer runs (colocated
+        training); the default engine holds nothing it could release."""
+
+    def wake_up(self) -> None:
+        """Undo `sleep`, before the next weight update and generate."""
+
+    def close(self, abandon: bool = False) -> None:
+        """Release the engine. `abandon`: after a failure, skip any teardown that waits for peers."""

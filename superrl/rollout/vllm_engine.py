@@ -29,6 +29,7 @@ CPU caveat: the in-process CPU worker binds this process's OpenMP threads to cor
 
 vLLM is imported lazily, so `import superrl.rollout` works without it.
 """
+import dataclasses
 import glob
 import logging
 import os
@@ -74,6 +75,10 @@ class VLLMEngine(RolloutEngine):
             raise FileNotFoundError(f"VLLMEngine: {model_dir!r} is not an HF model directory (no config.json)")
         # In-process engine core: update_weights hands tensors to the worker without a copy.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if llm_kwargs.get("distributed_executor_backend") == "external_launcher" and \
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise ValueError("VLLMEngine inside torchrun (external_launcher) needs the engine core in "
+                             "this process: unset VLLM_ENABLE_V1_MULTIPROCESSING or set it to 0")
         # Without OMP_NUM_THREADS vLLM drops torch to one thread "for serving" -- process-wide, so
         # a colocated trainer in this process would lose its threads too.
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
@@ -106,12 +111,15 @@ class VLLMEngine(RolloutEngine):
         if self.is_sleeping:
             raise RuntimeError("VLLMEngine.generate called while asleep: call wake_up() first")
         check_prompts(prompt_token_ids)
-        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids]
-        request_params = [to_vllm_params(params, prompt_index_offset + i, ignore_eos)
+        # vLLM refuses greedy requests with n > 1: ask n greedy requests of one instead.
+        copies = params.n if params.temperature == 0 else 1
+        request = dataclasses.replace(params, n=params.n // copies)
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_token_ids for _ in range(copies)]
+        request_params = [to_vllm_params(request, prompt_index_offset + i // copies, ignore_eos)
                           for i in range(len(prompts))]
         outputs = self.llm.generate(prompts, request_params, use_tqdm=False)
-        return [[to_completion(out) for out in sorted(req.outputs, key=lambda o: o.index)]
-                for req in outputs]
+        completions = [to_completion(out) for req in outputs for out in sorted(req.outputs, key=lambda o: o.index)]
+        return [completions[i:i + params.n] for i in range(0, len(completions), params.n)]
 
     # -- weights ----------------------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable) -> None:
@@ -175,6 +183,17 @@ class VLLMEngine(RolloutEngine):
         if self.sleep_mode_enabled and self.is_sleeping:
             self.llm.wake_up()
         self.is_sleeping = False
+
+    def close(self, abandon: bool = False) -> None:
+        """Shut the engine core down now, not in a finalizer at interpreter exit. vLLM's shutdown
+        destroys every torch.distributed group, the world included (`cleanup_dist_env_and_memory`),
+        so a trainer calls this last, before its own teardown. `abandon` (after a failure): skip
+        that teardown, whose collectives could wait for failed peers; the process exit frees it."""
+        core = self.llm.llm_engine.engine_core
+        if abandon:
+            core._finalizer.detach()
+        else:
+            core.shutdown()
 
 
 def check_prompts(prompt_token_ids: list) -> None:

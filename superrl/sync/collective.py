@@ -4,9 +4,11 @@
   tensor of a bucket, the stage's other TP ranks send their parts of it (hf_parts.py) to the
   packer, which receives them straight into the tensor's place in the flat bucket when the parts
   are row blocks of it (vocab-parallel embedding and lm_head, column-parallel weights).
-* Stage 0's packer is the owner and applies its buckets itself. Stage s > 0 sends each filled
-  bucket point-to-point to the owner over their PP group (both are tp_rank 0 of the same replica,
-  so they share it).
+* One holder (the owner): stage 0's packer is the owner and applies its buckets itself. Stage
+  s > 0 sends each filled bucket point-to-point to the owner over their PP group (both are
+  tp_rank 0 of the same replica, so they share it).
+* Several holders (vLLM on every rank): each filled bucket is broadcast from its stage's packer
+  over the replica, and every holder applies it.
 
 Memory on a packer: one flat buffer of the bucket size (a tensor larger than the bucket gets a
 buffer of its own size instead), plus one part-sized buffer while building a tensor whose parts
@@ -35,6 +37,7 @@ class CollectiveTransport(Transport):
         self.tp_ranks = dist.get_process_group_ranks(self.tp_group)
         self.pp_group = mpu.get_pipeline_model_parallel_group()
         self.stage_ranks = dist.get_process_group_ranks(self.pp_group)  # global rank of each stage's packer
+        self.packers = self._stage_packers()  # the same, seen from any TP rank
         param = next(setup.model.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.plan = build_plan(setup.arch, self.replica.pp_size, setup.bucket_bytes, setup.element_size)
@@ -44,14 +47,24 @@ class CollectiveTransport(Transport):
         # stage needs less than the limit); tensors above it get a buffer of their own.
         self.buffer_numel = max((b.numel for b in self.plan if b.numel <= bucket_numel), default=0)
 
+    def _stage_packers(self) -> list:
+        ranks = [None] * dist.get_world_size(self.replica.group)
+        dist.all_gather_object(ranks, (self.replica.pp_rank, self.replica.tp_rank, dist.get_rank()),
+                               group=self.replica.group)
+        return [rank for _, tp_rank, rank in sorted(ranks) if tp_rank == 0]
+
     def sync(self) -> None:
         s, r = self.setup, self.replica
         parts = local_hf_parts(s.model, s.arch, r.tp_size, r.pp_rank, r.pp_size)
-        buffer = torch.empty(self.buffer_numel, dtype=self.dtype, device=self.device) if r.tp_rank == 0 else None
+        buffer = (torch.empty(self.buffer_numel, dtype=self.dtype, device=self.device)
+                  if r.tp_rank == 0 or not s.single_holder else None)
         for bucket in self.plan:
             flat = None
             if bucket.stage == r.pp_rank:
                 flat = self._fill(bucket, parts, buffer)
+            if not s.single_holder:
+                self._broadcast(bucket, flat, buffer)
+                continue
             if r.tp_rank != 0:
                 continue
             if r.is_owner:
@@ -62,6 +75,14 @@ class CollectiveTransport(Transport):
             elif bucket.stage == r.pp_rank:
                 # Blocking send: the buffer is refilled only once the owner has this bucket.
                 dist.send(flat, dst=self.stage_ranks[0], group=self.pp_group)
+
+    def _broadcast(self, bucket: Bucket, flat, buffer) -> None:
+        """Collective over the replica: the stage's packer sends its filled bucket to every rank;
+        the holders apply it."""
+        flat = self._flat(bucket, buffer) if flat is None else flat
+        dist.broadcast(flat, src=self.packers[bucket.stage], group=self.replica.group)
+        if self.setup.engine is not None:
+            apply_bucket(self.setup.engine, bucket, flat)
 
     def _flat(self, bucket: Bucket, buffer: torch.Tensor) -> torch.Tensor:
         """The bucket's flat storage: the reused buffer, or a fresh one for a tensor larger than it."""

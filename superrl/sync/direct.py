@@ -21,9 +21,9 @@ class DirectTransport(Transport):
 
     @staticmethod
     def unusable_reason(setup: SyncSetup):
-        if setup.shared_weights is None or not setup.local_cpu:
-            return ("needs CPU weights, the replica on one host and an engine whose weights other "
-                    "processes can map (EmbeddedEngine on CPU, Linux)")
+        if setup.shared_weights is None or not setup.local_cpu or not setup.single_holder:
+            return ("needs CPU weights, the replica on one host and one engine per replica whose weights "
+                    "other processes can map (EmbeddedEngine on CPU, Linux)")
         return None
 
     def __init__(self, setup: SyncSetup):

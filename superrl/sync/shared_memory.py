@@ -63,7 +63,9 @@ class SharedMemoryTransport(Transport):
 
     @staticmethod
     def unusable_reason(setup: SyncSetup):
-        return None if setup.local_cpu and shm_available() else f"needs CPU weights, one host and {SHM_DIR}"
+        if setup.local_cpu and shm_available() and setup.single_holder:
+            return None
+        return f"needs CPU weights, one host, {SHM_DIR} and one engine per replica"
 
     def __init__(self, setup: SyncSetup):
         self.setup, self.replica = setup, setup.replica

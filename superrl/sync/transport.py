@@ -1,7 +1,9 @@
 """What every weight-sync transport is, and the facts about a replica it is chosen by.
 
 A *replica* is the TP x PP ranks that hold one copy of the model; its *owner* (tp_rank 0, pp_rank 0)
-holds the rollout engine. Every rank of a replica builds the same `SyncSetup` (collectively,
+always holds a rollout engine, and other ranks may hold engines too (vLLM: every rank holds an
+engine or an engine shard; each loads full HF tensors and takes its own shard). These *holders*
+each get the whole model. Every rank of a replica builds the same `SyncSetup` (collectively,
 once) and the same `Transport`, then calls `sync()` together after each optimizer step.
 """
 import os
@@ -51,7 +53,8 @@ class SyncSetup:
     model: object  # this rank's megatron stage (DDP-wrapped or not)
     arch: ModelArch
     replica: Replica
-    engine: Optional[RolloutEngine]  # on the owner only
+    engine: Optional[RolloutEngine]  # on the holders only
+    holders: tuple  # global ranks of the replica that hold an engine, the owner first
     bucket_bytes: int  # bucketed transports' limit (rollout.sync_bucket_mb)
     shared_weights: Optional[SharedWeights]  # the owner engine's, on every rank (None: it shares none)
     local_cpu: bool  # the whole replica on one host, weights in host memory
@@ -60,16 +63,22 @@ class SyncSetup:
     def build(cls, model, arch: ModelArch, engine: Optional[RolloutEngine], bucket_bytes: int) -> "SyncSetup":
         """Collective over the replica (every rank must call it, so every rank chooses alike)."""
         replica = Replica.current()
-        if replica.is_owner != (engine is not None):
-            raise ValueError(f"WeightSync: rank {dist.get_rank()} (tp_rank {replica.tp_rank}, pp_rank "
-                             f"{replica.pp_rank}) {'needs' if replica.is_owner else 'must not have'} an engine: "
-                             "the engine lives on tp_rank 0 / pp_rank 0 of each data-parallel replica")
+        if replica.is_owner and engine is None:
+            raise ValueError(f"WeightSync: rank {dist.get_rank()} (tp_rank 0, pp_rank 0) needs an engine: "
+                             "every data-parallel replica's first rank holds one")
+        has_engine = [None] * dist.get_world_size(replica.group)
+        dist.all_gather_object(has_engine, (dist.get_rank(), engine is not None), group=replica.group)
+        holders = tuple(sorted(rank for rank, holds in has_engine if holds))
         handle = [engine.shared_weights() if engine is not None else None]
         dist.broadcast_object_list(handle, src=replica.owner, group=replica.group)
         hosts = [None] * replica.tp_size * replica.pp_size
         dist.all_gather_object(hosts, socket.gethostname(), group=replica.group)
         local_cpu = len(set(hosts)) == 1 and next(model.parameters()).device.type == "cpu"
-        return cls(model, arch, replica, engine, bucket_bytes, handle[0], local_cpu)
+        return cls(model, arch, replica, engine, holders, bucket_bytes, handle[0], local_cpu)
+
+    @property
+    def single_holder(self) -> bool:
+        return len(self.holders) == 1
 
     @property
     def element_size(self) -> int:
@@ -99,7 +108,7 @@ class Transport(ABC):
 
 
 def apply_bucket(engine: RolloutEngine, bucket: Bucket, flat: torch.Tensor) -> None:
-    """On the owner: the engine copies the bucket's tensors out of views of the flat bucket."""
+    """On a holder: the engine copies the bucket's tensors out of views of the flat bucket."""
     engine.update_weights(bucket.unflatten(flat))
 
 

@@ -1,11 +1,12 @@
 """Weight sync: the trainer's megatron shards -> full HF-named tensors -> the rollout engine.
 
-    sync = WeightSync(state.model, arch, engine if owner else None, bucket_mb=config.rollout.sync_bucket_mb)
+    sync = WeightSync(state.model, arch, engine_or_none, bucket_mb=config.rollout.sync_bucket_mb)
     stats = sync.sync()  # every trainer rank, after each optimizer step
     log(stats.metrics())  # sync/seconds, sync/bytes, sync/gbps
 
-Topology: one engine per data-parallel replica, on the replica's rank with tp_rank == 0 and
-pp_rank == 0 (the *owner*); every other rank passes `engine=None`. Each PP stage exports its own
+Topology: the replica's rank with tp_rank == 0 and pp_rank == 0 (the *owner*) always holds an
+engine; other ranks may (vLLM places an engine or engine shard on every rank) or pass
+`engine=None`. Every holder gets full HF tensors. Each PP stage exports its own
 layers, named with global layer indices, through the shared HF<->megatron mapping. The bucketed
 transports deliver them to the owner in the flat buckets of a plan that every rank derives from
 the architecture alone (plan.py), so no metadata is exchanged, and the owner applies bucket by
@@ -21,7 +22,8 @@ Each implements `transport.Transport`; `choose_transport` picks one, in this ord
 * `shared_memory` (CPU, one host, any other engine): TP ranks write their own slices straight into
   a bucket shared with the owner, which applies it (shared_memory.py).
 * `collective` (anything else: GPU/NCCL, multi-node): TP parts gathered point-to-point into the
-  bucket, then buckets sent point-to-point from each stage to the owner (collective.py).
+  bucket, then buckets sent point-to-point from each stage to the owner, or broadcast to every
+  holder when there are several (collective.py). The only one for several holders.
 """
 import time
 from dataclasses import dataclass
@@ -69,8 +71,8 @@ def choose_transport(setup: SyncSetup, transport: str) -> type:
 class WeightSync:
     """Collective: every trainer rank builds one (same arguments) and calls `sync()` together.
 
-    `engine`: the rollout engine on this replica's owner rank (tp_rank 0, pp_rank 0), None on every
-    other rank. `update_weights` gets views into a bucket that is reused afterwards: it must copy.
+    `engine`: this rank's rollout engine (always one on the replica's owner, tp_rank 0 / pp_rank 0),
+    or None. `update_weights` gets views into a bucket that is reused afterwards: it must copy.
     `bucket_mb`: config `rollout.sync_bucket_mb` (bucketed transports). `transport`: auto | direct |
     shared_memory | collective.
     """

@@ -1,16 +1,13 @@
-"""Rollout phase of a step: generate K responses per prompt, score them, share the result.
-
-Only the engine-owning rank of each model-parallel group (tp_rank 0, pp_rank 0) generates and
-scores; the result is broadcast to the rest of its TP x PP group, so every rank of a DP replica
-trains on identical data without running the engine or the reward functions again.
-"""
+"""Rollout phase of a step: generate K responses per prompt on the engine replicas, score them on
+each replica's first rank, and give every trainer rank its data-parallel slice
+(rollout_placement.py says which rank does what)."""
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 
+from superrl.distributed import ParallelContext
 from superrl.rollout import SamplingParams
+from superrl.trainer.rollout_placement import EnginePlacement, all_gather_rollouts, data_parallel_slice
 
 
 @dataclass
@@ -19,7 +16,22 @@ class Rollouts:
     finish_reasons: list  # [P][K]
     logprobs: list  # [P][K] the engine's log-prob of each response token (temperature 1, unfiltered)
     rewards: torch.Tensor  # [P, K] float64
-    reward_metrics: dict  # local counts, e.g. reward/errors
+    reward_metrics: dict  # counts, e.g. reward/errors (summed over data-parallel ranks when logged)
+
+    def prompts(self, part: slice, with_reward_metrics: bool) -> "Rollouts":
+        """The rollouts of prompts `part`; the reward counts go with one slice only, so that their
+        sum over data-parallel ranks counts each once."""
+        return Rollouts(self.response_ids[part], self.finish_reasons[part], self.logprobs[part],
+                        self.rewards[part], self.reward_metrics if with_reward_metrics else {})
+
+
+def concat_rollouts(parts: list) -> Rollouts:
+    counts = {}
+    for part in parts:
+        for key, value in part.reward_metrics.items():
+            counts[key] = counts.get(key, 0.0) + value
+    return Rollouts([ids for p in parts for ids in p.response_ids], [r for p in parts for r in p.finish_reasons],
+                    [lp for p in parts for lp in p.logprobs], torch.cat([p.rewards for p in parts]), counts)
 
 
 def sampling_params(rollout_cfg, seed: int, eos_token_id: int) -> SamplingParams:
@@ -29,10 +41,7 @@ def sampling_params(rollout_cfg, seed: int, eos_token_id: int) -> SamplingParams
         stop_token_ids=[eos_token_id], seed=seed)
 
 
-def generate_and_score(engine, tokenizer, scorer, examples: list, params: SamplingParams,
-                       prompt_index_offset: int = 0) -> Rollouts:
-    completions = engine.generate([ex.prompt_ids for ex in examples], params,
-                                  prompt_index_offset=prompt_index_offset)
+def score(tokenizer, scorer, examples: list, completions: list, n: int) -> Rollouts:
     texts, truths, sources = [], [], []
     for ex, group in zip(examples, completions):
         for completion in group:
@@ -40,8 +49,7 @@ def generate_and_score(engine, tokenizer, scorer, examples: list, params: Sampli
             truths.append(ex.ground_truth)
             sources.append(ex.data_source)
     scored = scorer.score(texts, truths, sources)
-    k = params.n
-    rewards = torch.tensor(scored.scores, dtype=torch.float64).view(len(examples), k)
+    rewards = torch.tensor(scored.scores, dtype=torch.float64).view(len(examples), n)
     return Rollouts(
         response_ids=[[list(c.token_ids) for c in group] for group in completions],
         finish_reasons=[[c.finish_reason for c in group] for group in completions],
@@ -49,15 +57,16 @@ def generate_and_score(engine, tokenizer, scorer, examples: list, params: Sampli
         rewards=rewards, reward_metrics=scored.metrics())
 
 
-def owns_engine() -> bool:
-    return mpu.get_tensor_model_parallel_rank() == 0 and mpu.get_pipeline_model_parallel_rank() == 0
-
-
-def share_with_model_parallel_group(rollouts):
-    """Broadcast the engine rank's Rollouts (None elsewhere) to its whole TP x PP group."""
-    group = mpu.get_model_parallel_group()
-    if dist.get_world_size(group) == 1:
-        return rollouts
-    box = [rollouts]
-    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
-    return box[0]
+def generate_and_score(engine, tokenizer, scorer, examples: list, params: SamplingParams,
+                       placement: EnginePlacement, ctx: ParallelContext) -> Rollouts:
+    """Collective over the world: this data-parallel rank's rollouts of the step's `examples` (the
+    same global list on every rank)."""
+    part = placement.prompt_slice(len(examples))
+    mine = None
+    if placement.runs_engine and part.stop > part.start:
+        completions = engine.generate([ex.prompt_ids for ex in examples[part]], params,
+                                      prompt_index_offset=part.start)
+        if placement.scores:
+            mine = score(tokenizer, scorer, examples[part], completions, params.n)
+    step_rollouts = concat_rollouts(all_gather_rollouts(mine, placement))
+    return step_rollouts.prompts(data_parallel_slice(len(examples), ctx), with_reward_metrics=ctx.dp_rank == 0)

@@ -30,5 +30,5 @@ class RewardProbe(TrainerFeature):
     def probe(self, trainer) -> dict:
         examples = trainer.example_set.examples
         loader = PromptDataLoader(examples, min(self.num_prompts, len(examples)), seed=self.seed)
-        rollouts = trainer.rollout(trainer.local_prompts(next(loader)), seed=trainer.rollout_seed(PROBE_STEP))
+        rollouts = trainer.rollout(next(loader), seed=trainer.rollout_seed(PROBE_STEP))
         return trainer.switch.probe(rollouts.rewards, group=mpu.get_data_parallel_group())
