@@ -43,7 +43,7 @@ def even_split(n: int, parts: int) -> list:
 def engine_placement(config: Config, ctx: ParallelContext) -> EnginePlacement:
     if config.rollout.engine == "vllm":
         tp = engine_tensor_parallel_size(config)
-        world = dist.get_world_size()
+        world = ctx.tp_size * ctx.pp_size * ctx.dp_size
         return EnginePlacement(ctx.rank // tp, world // tp, runs_engine=True, scores=ctx.rank % tp == 0)
     owner = ctx.tp_rank == 0 and ctx.pp_rank == 0
     return EnginePlacement(ctx.dp_rank, ctx.dp_size, runs_engine=owner, scores=owner)
