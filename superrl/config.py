@@ -65,7 +65,7 @@ class RolloutConfig:
     max_model_len: Optional[int] = None  # the engine's context (KV sizing); None: data.max_prompt_len + rollout.max_tokens
     colocate: bool = True  # sleep the engine during training (vLLM sleep mode frees its weights and KV cache)
     # Mean |engine - trainer| log-prob of the sampled tokens allowed right after a weight sync;
-    # None: 1e-3 in float32, 5e-2 when the trainer or engine runs in bfloat16
+    # None: 1e-4 in float32, 5e-2 when the trainer or engine runs in bfloat16 (docs/parity_guard.md)
     parity_tolerance: Optional[float] = None
 
 

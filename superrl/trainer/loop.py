@@ -26,6 +26,7 @@ from superrl.trainer.experience import (generate_and_score, owns_engine, samplin
 from superrl.trainer.log_sigma import LearnableLossWeights
 from superrl.trainer.metrics import MetricsLogger, resident_memory_mb
 from superrl.trainer.model_setup import build_train_state
+from superrl.trainer.parity import guard_parity, parity_tolerance
 from superrl.trainer.preemption import Preempted, PreemptionWatch
 from superrl.trainer.probe import RewardProbe
 from superrl.trainer.reference_kl import ReferenceKL
@@ -128,12 +129,16 @@ class Trainer:
                                                          self.tokenizer.pad_token_id,
                                                          uniform_width=self.ctx.pp_size > 1))
         attach_old_logprobs(self.state.model, update.micro_batches)
+        # every step follows a weight sync: an engine that disagrees stops the run before the update
+        parity = guard_parity(update.micro_batches, rollouts.logprobs, parity_tolerance(self.config),
+                              step=self.step + 1)
         for feature in self.features:
             feature.before_update(update)
         scales = loss_scales(algorithm, decision, rollout, experts, update.micro_batches)
         metrics = actor_step(self.state, algorithm, scales, advantages.flatten(), update)
         for feature in self.features:
             feature.after_update(metrics)
+        metrics.update(parity)
         return metrics, decision, rollout
 
     def _step_metrics(self, metrics: dict, decision, rollouts, rows: list, timings: dict) -> dict:
