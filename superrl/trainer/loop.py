@@ -18,11 +18,10 @@ from superrl.rewards.scorer import RewardScorer
 from superrl.sync import WeightSync
 from superrl.trainer import batching, checkpoint
 from superrl.trainer.actor_update import ActorUpdate, actor_step, attach_old_logprobs, loss_scales
-from superrl.trainer.engine_setup import build_engine
+from superrl.trainer.engine_setup import bounded, build_engine
 from superrl.trainer.evaluate import evaluate
 from superrl.trainer.example_data import load_examples
-from superrl.trainer.experience import (generate_and_score, owns_engine, sampling_params,
-                                        share_with_model_parallel_group)
+from superrl.trainer.experience import generate_and_score, sampling_params
 from superrl.trainer.log_sigma import LearnableLossWeights
 from superrl.trainer.metrics import MetricsLogger, resident_memory_mb
 from superrl.trainer.model_setup import build_train_state
@@ -30,6 +29,7 @@ from superrl.trainer.parity import guard_parity, parity_tolerance
 from superrl.trainer.preemption import Preempted, PreemptionWatch
 from superrl.trainer.probe import RewardProbe
 from superrl.trainer.reference_kl import ReferenceKL
+from superrl.trainer.rollout_placement import data_parallel_slice, engine_placement
 from superrl.weights.megatron_checkpoint import checkpoint_metadata
 
 # Built in this order (the reference model's initialisation draws from the seeded RNG).
@@ -59,9 +59,10 @@ class Trainer:
         self.state = build_train_state(config, arch)
         self.features = [feature(config, arch) for feature in FEATURES if feature.enabled(config)]
         self.switch = AdaptiveSwitch(config.algorithm.switch)
-        self.engine = build_engine(config) if owns_engine() else None
+        self.placement = engine_placement(config, ctx)
+        self.engine = build_engine(config) if self.placement.runs_engine else None
         self.scorer = (RewardScorer(self.example_set.data_sources, config.reward.function,
-                                    timeout_s=config.reward.timeout_s) if owns_engine() else None)
+                                    timeout_s=config.reward.timeout_s) if self.placement.scores else None)
         self.sync = WeightSync(self.state.model, arch, self.engine, config.rollout.sync_bucket_mb)
         self.eval_examples = (load_examples(config, config.data.eval_files, self.tokenizer, arch).example_set.examples
                               if config.data.eval_files else [])
@@ -72,20 +73,23 @@ class Trainer:
         self.saved_step, self.save_s, self.update_s = None, None, None  # for the preemption estimate
 
     # ---- rollouts ---------------------------------------------------------------------------
-    def local_prompts(self, examples: list) -> list:
-        """This DP rank's share of a step's prompts."""
-        per_rank = len(examples) // self.ctx.dp_size
-        return examples[self.ctx.dp_rank * per_rank:(self.ctx.dp_rank + 1) * per_rank]
-
-    def rollout(self, examples: list, seed: int):
-        """Rollouts of this rank's prompts, generated and scored by its group's engine rank."""
-        rollouts = None
+    def rollout(self, step_examples: list, seed: int):
+        """Rollouts of this rank's data-parallel share of the step's prompts, generated over every
+        engine replica (collective over the world)."""
+        params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id)
         if self.engine is not None:
-            params = sampling_params(self.config.rollout, seed, self.tokenizer.eos_token_id)
-            # Seeds follow the global prompt index: DP1 and DPn sample the same responses.
-            rollouts = generate_and_score(self.engine, self.tokenizer, self.scorer, examples, params,
-                                          prompt_index_offset=self.ctx.dp_rank * len(examples))
-        return share_with_model_parallel_group(rollouts)
+            self.engine.wake_up()  # asleep after the previous rollout when nothing synced since (the probe)
+        rollouts = generate_and_score(self.engine, self.tokenizer, self.scorer, step_examples, params,
+                                      self.placement, self.ctx)
+        if self.engine is not None and self.config.rollout.colocate:
+            self.engine.sleep()  # vLLM frees its weights and KV cache for the update
+        return rollouts
+
+    def sync_engine(self):
+        """The engine (awake) gets the trainer's weights."""
+        if self.engine is not None:
+            self.engine.wake_up()
+        return self.sync.sync()
 
     def rollout_seed(self, step: int) -> int:
         return self.config.trainer.seed * SEED_STRIDE + step
@@ -95,8 +99,9 @@ class Trainer:
         timings = {}
         t0 = time.perf_counter()
         start_state = self.loader.state_dict(), checkpoint.rng_state()
-        examples = self.local_prompts(next(self.loader))
-        rollouts = self.rollout(examples, self.rollout_seed(self.step))
+        step_examples = next(self.loader)
+        examples = step_examples[data_parallel_slice(len(step_examples), self.ctx)]
+        rollouts = self.rollout(step_examples, self.rollout_seed(self.step))
         timings["timing/rollout_s"] = time.perf_counter() - t0
         self._drop_step_if_preempted(start_state)
 
@@ -105,7 +110,7 @@ class Trainer:
         timings["timing/train_s"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        metrics.update(self.sync.sync().metrics())
+        metrics.update(self.sync_engine().metrics())
         timings["timing/sync_s"] = time.perf_counter() - t2
         timings["timing/step_s"] = time.perf_counter() - t0
         self.update_s = timings["timing/step_s"] - timings["timing/rollout_s"]
@@ -172,8 +177,9 @@ class Trainer:
 
     # ---- eval, checkpoints, the run ---------------------------------------------------------
     def evaluate(self) -> dict:
-        """Held-out accuracy on global rank 0's engine (one replica suffices: weights are equal)."""
-        if self.ctx.rank != 0 or not self.eval_examples:
+        """Held-out accuracy on engine replica 0, reported by global rank 0 (one replica suffices:
+        weights are equal)."""
+        if self.placement.replica != 0 or self.engine is None or not self.eval_examples:
             return {}
         return evaluate(self.engine, self.tokenizer, self.scorer, self.eval_examples,
                         self.config.rollout.max_tokens)
@@ -224,7 +230,7 @@ class Trainer:
         path, meta = self._resume_point()
         if path:
             self.resume(path, meta)
-        self.sync.sync()  # the engine starts from the trainer's weights, fresh or resumed
+        self.sync_engine()  # the engine starts from the trainer's weights, fresh or resumed
         logger = MetricsLogger(t.run_dir, t.total_steps, start_step=self.step, enabled=self.ctx.rank == 0)
         self.preemption = PreemptionWatch(t.preemption_grace_s)
         try:
@@ -286,7 +292,11 @@ class Trainer:
             f"(step {self.step - n}) are saved in {path}. Lower optim.lr or check data and rewards, then "
             "resume with trainer.resume=true")
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Before the process groups go: a vLLM engine tears its groups down with it."""
         if self.scorer is not None:
             self.scorer.close()
+        if self.engine is not None:
+            with bounded(self.config.trainer.dist_timeout_s, "rollout engine shutdown"):
+                self.engine.close(abandon=failed)
 
