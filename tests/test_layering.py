@@ -12,7 +12,7 @@ LAYERS = [  # bottom first
     {"superrl.models", "superrl.data", "superrl.config"},
     {"superrl.sync", "superrl.weights"},
     {"superrl.trainer"},
-    {"superrl.train", "superrl.eval", "superrl.plot"},
+    {"superrl.train", "superrl.eval", "superrl.plot", "superrl.plan"},
 ]
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 

@@ -1,6 +1,7 @@
 """Start-up shared by `superrl.train` and `superrl.eval`: command line -> config -> model shape ->
 every check -> process groups. No process group exists until every check has passed, so a bad
-config fails on every rank at once with an error naming the key, instead of hanging a collective."""
+config fails on every rank at once with an error naming the key, instead of hanging a collective;
+on a GPU that includes the memory pre-flight (memory_plan.py)."""
 import argparse
 from typing import NamedTuple
 
@@ -8,6 +9,7 @@ from superrl.config import Config, ConfigError, load_config, validate_launch
 from superrl.distributed import ParallelContext, init_distributed, world_size_from_env
 from superrl.hf_config import ModelArch, load_arch
 from superrl.models.trainable import check_trainable
+from superrl.trainer.memory_plan import check_memory_plan
 
 
 class Launch(NamedTuple):
@@ -33,7 +35,9 @@ def start(args: argparse.Namespace, needs_eval_files: bool = False) -> Launch:
         raise ConfigError("data.eval_files is empty: there is nothing to evaluate")
     arch = load_arch(config.model.hf_dir)
     check_trainable(arch)
-    validate_launch(config, arch, world_size_from_env())
+    world_size = world_size_from_env()
+    validate_launch(config, arch, world_size)
+    check_memory_plan(config, arch, world_size)  # on a GPU: refuses a run that cannot fit, before any allocation
     ctx = init_distributed(config.parallel.tp, config.parallel.pp, config.trainer.seed,
                            timeout_s=config.trainer.dist_timeout_s)
     return Launch(config, arch, ctx)
