@@ -4,9 +4,11 @@ logs the metrics of the same run with the embedded engine. Greedy sampling, wher
 pick the same tokens: a seeded sample differs between engines (their samplers differ)."""
 import pytest
 
-from dist_harness import run_torchrun
-from trainer_runs import STEPS, train, write_config
-from superrl.trainer.metrics import read_metrics
+pytest.importorskip("vllm")  # the vLLM stage's venv; the main suite skips this module
+
+from dist_harness import run_torchrun  # noqa: E402
+from trainer_runs import STEPS, train, write_config  # noqa: E402
+from superrl.trainer.metrics import read_metrics  # noqa: E402
 
 COMPARED = ("reward/", "switch/", "loss/")
 RUN_TIMEOUT_S = 400  # two engine start-ups (~30 s each on 2 cores) and 3 steps; a hang fails here
