@@ -36,8 +36,7 @@ class CollectiveTransport(Transport):
         self.tp_group, self.packer = mpu.get_tensor_model_parallel_group(), mpu.get_tensor_model_parallel_src_rank()
         self.tp_ranks = dist.get_process_group_ranks(self.tp_group)
         self.pp_group = mpu.get_pipeline_model_parallel_group()
-        self.stage_ranks = dist.get_process_group_ranks(self.pp_group)  # global rank of each stage's packer
-        self.packers = self._stage_packers()  # the same, seen from any TP rank
+        self.packers = self._stage_packers()  # global rank of each stage's packer (tp_rank 0)
         param = next(setup.model.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.plan = build_plan(setup.arch, self.replica.pp_size, setup.bucket_bytes, setup.element_size)
@@ -70,11 +69,11 @@ class CollectiveTransport(Transport):
             if r.is_owner:
                 if bucket.stage != 0:
                     flat = self._flat(bucket, buffer)
-                    dist.recv(flat, src=self.stage_ranks[bucket.stage], group=self.pp_group)
+                    dist.recv(flat, src=self.packers[bucket.stage], group=self.pp_group)
                 apply_bucket(s.engine, bucket, flat)
             elif bucket.stage == r.pp_rank:
                 # Blocking send: the buffer is refilled only once the owner has this bucket.
-                dist.send(flat, dst=self.stage_ranks[0], group=self.pp_group)
+                dist.send(flat, dst=self.packers[0], group=self.pp_group)
 
     def _broadcast(self, bucket: Bucket, flat, buffer) -> None:
         """Collective over the replica: the stage's packer sends its filled bucket to every rank;
