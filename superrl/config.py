@@ -85,6 +85,8 @@ class OptimConfig:
     clip_grad: float = 1.0
     warmup_steps: int = 0
     micro_batch_size: int = 8  # sequences per forward/backward
+    # Set: rows packed into sequences of at most this many tokens instead (docs/packing.md)
+    max_tokens_per_micro_batch: Optional[int] = None
     use_distributed_optimizer: bool = True
     overlap_grad_reduce: bool = False  # DP gradient reduction bucket by bucket during the backward
 
@@ -207,6 +209,7 @@ def check_trainer_settings(config: Config) -> None:
     _require(t.preemption_grace_s > 0, f"trainer.preemption_grace_s={t.preemption_grace_s} must be > 0")
     _require(config.optim.micro_batch_size >= 1,
              f"optim.micro_batch_size={config.optim.micro_batch_size} must be >= 1")
+    check_token_budget(config)
     _require(config.rollout.n >= 1, f"rollout.n={config.rollout.n} must be >= 1")
     _require(algorithm.advantage != "rloo" or config.rollout.n >= 2,
              f"algorithm.advantage=rloo needs rollout.n >= 2 responses per prompt, got rollout.n={config.rollout.n}")
@@ -214,6 +217,17 @@ def check_trainer_settings(config: Config) -> None:
     _require(not (algorithm.kl_in_reward and algorithm.kl_coef > 0),
              "algorithm.kl_in_reward=true is not supported by the trainer; use the KL loss term "
              "(algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
+
+
+def check_token_budget(config: Config) -> None:
+    """A packed micro-batch holds whole rows: the longest rollout row (prompt + response, less the
+    last token, which is only a target) must fit. Expert rows are checked when packed."""
+    budget = config.optim.max_tokens_per_micro_batch
+    longest = config.data.max_prompt_len + config.rollout.max_tokens - 1
+    _require(budget is None or budget >= longest,
+             f"optim.max_tokens_per_micro_batch={budget} cannot hold the longest rollout row: "
+             f"data.max_prompt_len + rollout.max_tokens - 1 = {config.data.max_prompt_len} + "
+             f"{config.rollout.max_tokens} - 1 = {longest} tokens")
 
 
 def check_rollout_settings(rollout: RolloutConfig, data: DataConfig) -> None:

@@ -17,6 +17,7 @@ from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer import TransformerConfig
 
 from superrl.hf_config import ModelArch
+from superrl.models.packed_attention import PackedDotProductAttention
 from superrl.models.trainable import check_trainable
 from superrl.ops import FP8OutputLayer, FP8Recipe, fused_linear_logprobs_and_entropy
 
@@ -107,6 +108,8 @@ def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
         spec = get_gpt_layer_with_transformer_engine_spec()
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        # packed micro-batches (trainer/packing.py) need a core attention that takes PackedSeqParams
+        spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
     model = PolicyModel(
         config=config, transformer_layer_spec=spec, vocab_size=padded_vocab,
         max_sequence_length=arch.max_position_embeddings,

@@ -7,15 +7,24 @@ rows are padded to the step's longest row; without PP each micro-batch is only a
 longest row. The last micro-batch is filled with padding rows that carry no targets. Each row's kind
 and index travel in `MicroBatch.row_kind` / `MicroBatch.row_index`.
 
+With a token budget (optim.max_tokens_per_micro_batch) rows are packed instead: longest first, each
+into the first micro-batch with room left (first-fit decreasing), and the model runs each
+micro-batch as one sequence of at most that many positions (packing.py). With PP > 1 every packed
+sequence is padded to the budget, so a step pads at most one budget's worth per micro-batch
+instead of every row to the step's longest.
+
 A response with no tokens (an engine may return one; the embedded engine always returns at least
 the EOS it stopped on) is a row without targets: it adds nothing to the loss or its token counts,
 and rows are at least one position wide, so a micro-batch never has zero width.
 """
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from superrl.config import ConfigError
+from superrl.trainer.packing import Packing
 from superrl.trainer.step import IGNORE, MicroBatch
 
 ROLLOUT, EXPERT, PADDING = 0, 1, 2
@@ -72,9 +81,15 @@ def _row_width(row: Row) -> int:
     return max(len(row.prompt_ids) + len(row.response_ids) - 1, 1)
 
 
-def pack_micro_batches(rows: list, micro_batch_size: int, pad_id: int, uniform_width: bool) -> list:
+def pack_micro_batches(rows: list, micro_batch_size: int, pad_id: int, uniform_width: bool,
+                       max_tokens=None) -> list:
+    """`micro_batch_size` rows per micro-batch, or with `max_tokens` set, packed micro-batches of at
+    most that many tokens (`micro_batch_size` is then unused)."""
     if not rows:
         raise ValueError("no rows to pack")
+    if max_tokens is not None:
+        return [_packed_micro_batch(group, pad_id, max_tokens if uniform_width else None)
+                for group in _first_fit(rows, max_tokens)]
     rows = sorted(rows, key=_row_width)
     step_width = _row_width(rows[-1])
     rows += [None] * (-len(rows) % micro_batch_size)  # padding rows
@@ -96,3 +111,29 @@ def _micro_batch(rows: list, pad_id: int, width) -> MicroBatch:
         targets[i, :len(row_targets)] = torch.tensor(row_targets)
         kinds[i], indices[i] = row.kind, row.index
     return MicroBatch(tokens, targets, row_kind=kinds, row_index=indices)
+
+
+def _first_fit(rows: list, max_tokens: int) -> list:
+    """Rows grouped longest first, each into the first group it fits in, none over `max_tokens`."""
+    rows = sorted(rows, key=_row_width, reverse=True)
+    longest = rows[0]
+    if _row_width(longest) > max_tokens:
+        raise ConfigError(f"a row of {_row_width(longest)} tokens ({len(longest.prompt_ids)} prompt + "
+                          f"{len(longest.response_ids)} response, less the last) does not fit "
+                          f"optim.max_tokens_per_micro_batch={max_tokens}; raise it to at least {_row_width(longest)}")
+    groups, room = [], []
+    for row in rows:
+        width = _row_width(row)
+        slot = next((g for g, free in enumerate(room) if free >= width), len(groups))
+        if slot == len(groups):
+            groups.append([])
+            room.append(max_tokens)
+        groups[slot].append(row)
+        room[slot] -= width
+    return groups
+
+
+def _packed_micro_batch(rows: list, pad_id: int, width) -> MicroBatch:
+    """`rows` in their usual layout, run as one sequence of `width` positions (default: just theirs)."""
+    lengths = tuple(_row_width(row) for row in rows)
+    return dataclasses.replace(_micro_batch(rows, pad_id, None), packing=Packing(lengths, width or sum(lengths)))

@@ -264,8 +264,8 @@ def _count(numel: int) -> str:
 # ---- activations ------------------------------------------------------------------------------
 
 class MicroBatch(NamedTuple):
-    rows: int  # optim.micro_batch_size
-    width: int  # tokens per row: the longest row a step makes, padded to TP under sequence parallelism
+    rows: int  # optim.micro_batch_size; 1 under a token budget (one packed sequence)
+    width: int  # tokens per row: the longest row a step makes, or the token budget; padded to TP under SP
     in_flight: int  # micro-batches whose activations this stage holds at once (1F1B warm-up)
 
     @property
@@ -274,11 +274,14 @@ class MicroBatch(NamedTuple):
 
 
 def micro_batch(config: Config, lay: Layout, stage: int) -> MicroBatch:
-    rows, width = config.optim.micro_batch_size, config.data.max_prompt_len + config.rollout.max_tokens
+    budget = config.optim.max_tokens_per_micro_batch
+    rows, width = ((1, budget) if budget else
+                   (config.optim.micro_batch_size, config.data.max_prompt_len + config.rollout.max_tokens))
     if config.parallel.sequence_parallel:
         width = round_up(width, lay.tp)
     prompts = ceil_div(config.trainer.prompts_per_step, lay.dp)
     step_rows = prompts * config.rollout.n + prompts  # rollout rows, and at most one expert row per prompt
+    # packed, a step has at most one micro-batch per row
     return MicroBatch(rows, width, min(lay.pp - stage, ceil_div(step_rows, rows)))
 
 

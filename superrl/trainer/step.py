@@ -1,7 +1,8 @@
 """One optimizer step over a list of micro-batches, through megatron's pipeline schedule.
 
-The loss function sees the last stage's per-token (logprobs, entropy) and the micro-batch, and
-returns its share of the step loss under the loss-normalisation contract of model_setup.py.
+The loss function sees the last stage's per-token (logprobs, entropy) and the micro-batch, both in
+the micro-batch's rows' layout (a packed micro-batch's outputs are unpacked first), and returns its
+share of the step loss under the loss-normalisation contract of model_setup.py.
 
 A step whose loss or gradients hold NaN/Inf anywhere in the job is skipped on every rank: the
 weights, optimizer moments and LR schedule stay as they were (fp32 megatron has no grad scaler to
@@ -21,6 +22,7 @@ from megatron.core.utils import get_model_config
 
 from superrl.algorithms.counts import comm_device
 from superrl.algorithms.sft_loss import sft_loss
+from superrl.trainer.packing import Packing
 
 IGNORE = -100
 
@@ -36,6 +38,9 @@ class MicroBatch:
     old_logprobs: Optional[torch.Tensor] = None  # [b, s] log pi_old of the rollout policy
     old_entropy: Optional[torch.Tensor] = None  # [b, s] its token entropy
     ref_logprobs: Optional[torch.Tensor] = None  # [b, s] log pi_ref of the frozen reference (KL)
+    # Set: the model runs the rows packed into one sequence (packing.py); every [b, s] tensor
+    # above, and what the loss sees, keeps the rows' layout all the same.
+    packing: Optional[Packing] = None
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -44,8 +49,8 @@ class MicroBatch:
 
     def to(self, device: torch.device) -> "MicroBatch":
         """This micro-batch with every tensor on `device` (tensors already there are not copied)."""
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
-                                            for f in dataclasses.fields(self) if getattr(self, f.name) is not None})
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def model_device(model) -> torch.device:
@@ -58,30 +63,54 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch], tuple]  # -> (loss, 
 
 def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: bool = False) -> dict:
     """Run all micro-batches; return metric sums, all-reduced so every rank holds the same dict."""
-    mbs, seq_len = micro_batches[0].tokens.shape
-    pipelined = mpu.get_pipeline_model_parallel_world_size() > 1
-    if pipelined and any(mb.tokens.shape != (mbs, seq_len) for mb in micro_batches):
-        raise ValueError("pipeline schedules need equal micro-batch shapes; pad micro-batches first")
-
     device, multiple = model_device(model), _sequence_multiple(model)
+    mbs, seq_len = _input_shape(micro_batches[0], multiple)
+    pipelined = mpu.get_pipeline_model_parallel_world_size() > 1
+    if pipelined and any(_input_shape(mb, multiple) != (mbs, seq_len) for mb in micro_batches):
+        raise ValueError("pipeline schedules need equal micro-batch shapes; pad micro-batches first")
 
     def forward_step(data_iterator, model_chunk):
         mb = next(data_iterator).to(device)  # batches are built on the host
-        width = mb.tokens.shape[1]
-        padded = _pad_width(mb, multiple)
-        output = model_chunk(padded.tokens, padded.position_ids, None, labels=padded.targets)
-        return output, lambda out: _loss_with_metrics(loss_fn, tuple(o[:, :width] for o in out), mb)
+        tokens, position_ids, targets, packed_seq_params = _model_input(mb, multiple)
+        output = model_chunk(tokens, position_ids, None, labels=targets, packed_seq_params=packed_seq_params)
+        return output, lambda out: _loss_with_metrics(loss_fn, _row_outputs(out, mb), mb)
 
     results = get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
-        num_microbatches=len(micro_batches), seq_length=_pad_width(micro_batches[0], multiple).tokens.shape[1],
-        micro_batch_size=mbs, forward_only=forward_only)
+        num_microbatches=len(micro_batches), seq_length=seq_len, micro_batch_size=mbs, forward_only=forward_only)
     return _sum_metrics_to_all_ranks(results)
 
 
 def _sequence_multiple(model) -> int:
     """Sequence parallelism splits the sequence over the TP ranks: widths must divide by TP."""
     return mpu.get_tensor_model_parallel_world_size() if get_model_config(model).sequence_parallel else 1
+
+
+def _input_shape(mb: MicroBatch, multiple: int) -> tuple:
+    """[b, s] of what the model runs for `mb` (_model_input)."""
+    if mb.packing is not None:
+        return 1, mb.packing.padded(multiple).width
+    return mb.tokens.shape[0], mb.tokens.shape[1] + -mb.tokens.shape[1] % multiple
+
+
+def _model_input(mb: MicroBatch, multiple: int) -> tuple:
+    """(tokens, position_ids, targets, packed_seq_params) the model runs for `mb`, padded to a multiple
+    of `multiple` positions: its rows, or its packed sequence with megatron's packed-sequence
+    parameters (the padding is a segment of its own there)."""
+    if mb.packing is None:
+        padded = _pad_width(mb, multiple)
+        return padded.tokens, padded.position_ids, padded.targets, None
+    packing, device = mb.packing.padded(multiple), mb.tokens.device
+    return (packing.pack(mb.tokens, 0), packing.position_ids(device), packing.pack(mb.targets, IGNORE),
+            packing.seq_params(device))
+
+
+def _row_outputs(output, mb: MicroBatch) -> tuple:
+    """The last stage's (logprobs, entropy) in `mb`'s rows' layout [b, s], as the loss indexes them."""
+    width = mb.tokens.shape[1]
+    if mb.packing is not None:
+        return tuple(mb.packing.unpack(o, width) for o in output)
+    return tuple(o[:, :width] for o in output)
 
 
 def _pad_width(mb: MicroBatch, multiple: int) -> MicroBatch:
