@@ -298,6 +298,11 @@ def validate_data_parallel_batch(config: Config, world_size: int) -> None:
     _require(prompts % dp == 0,
              f"trainer.prompts_per_step={prompts} is not divisible by the data-parallel size {dp} "
              f"(world size {world_size} / (parallel.tp x parallel.pp = {model_parallel}))")
+    mini_batches = config.algorithm.ppo_mini_batches
+    _require((prompts // dp) % mini_batches == 0,
+             f"algorithm.ppo_mini_batches={mini_batches} does not divide the {prompts // dp} prompts of each "
+             f"data-parallel rank (trainer.prompts_per_step={prompts} / DP {dp}): every mini-batch takes an "
+             "equal share of every rank's prompts")
 
 
 def validate_context_length(config: Config, arch) -> None:

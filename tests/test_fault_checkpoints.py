@@ -13,11 +13,10 @@ import zlib
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import make_tiny_model
 from process_tree import TAG_ENV, tagged_processes
-from trainer_runs import (deterministic_metrics, kill_run, start_process, start_training,
+from trainer_runs import (checkpoint_weights, deterministic_metrics, kill_run, start_process, start_training,
                           train, wait_until, write_config)
 from superrl.trainer.metrics import read_metrics
 from superrl.weights.megatron_checkpoint import DIST_CKPT_DIR, METADATA_FILE
@@ -32,14 +31,6 @@ def saved_run(tmp_path_factory, tiny_llama, arith_files):
     config = write_config(d / "c.yaml", tiny_llama, arith_files, d / "run", steps=4, save_every=1)
     train(config, 1, "trainer.keep_last=4")
     return d / "run", read_metrics(str(d / "run"))
-
-
-def _model_weights(checkpoint_dir, tmp_path) -> dict:
-    out = tmp_path / f"{checkpoint_dir.name}.pt"
-    dcp_to_torch_save(str(checkpoint_dir / DIST_CKPT_DIR), str(out))
-    state = torch.load(out, weights_only=False)  # our own conversion of our own test checkpoint
-    return {k: v for k, v in state.items() if not k.startswith(("optimizer", "scheduler"))
-            and isinstance(v, torch.Tensor)}
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -75,7 +66,7 @@ def test_nan_steps_are_skipped_then_consecutive_ones_stop_the_run(tmp_path, tiny
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["train/step_skipped"] for r in rows] == [0, 1, 0, 1, 1, 1]
     assert [r["train/skipped_steps_total"] for r in rows] == [0, 1, 1, 2, 3, 4]
-    ckpt = {s: _model_weights(tmp_path / "run" / "checkpoints" / f"step_{s}", tmp_path) for s in (1, 2, 3, 6)}
+    ckpt = {s: checkpoint_weights(tmp_path / "run" / "checkpoints" / f"step_{s}", tmp_path) for s in (1, 2, 3, 6)}
     assert _same_weights(ckpt[1], ckpt[2]), "a skipped step changed the weights"
     assert not _same_weights(ckpt[2], ckpt[3]), "step 3 should have trained"
     assert _same_weights(ckpt[3], ckpt[6]), "the stop checkpoint is not the last good weights"

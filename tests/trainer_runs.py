@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
 import make_arith_dataset
 from dist_harness import REPO_ROOT, WORKERS_DIR, _env, torchrun_module
+from superrl.weights.megatron_checkpoint import DIST_CKPT_DIR
 
 STEPS = 3
 TIMINGS = ("timing/", "perf/", "memory/", "sync/gbps", "sync/seconds")  # vary run to run
@@ -17,6 +21,15 @@ TIMINGS = ("timing/", "perf/", "memory/", "sync/gbps", "sync/seconds")  # vary r
 def deterministic_metrics(row: dict) -> str:
     """A metrics.jsonl row without its timings, as JSON: equal strings <=> bitwise-equal values."""
     return json.dumps({k: v for k, v in row.items() if not k.startswith(TIMINGS)})
+
+
+def checkpoint_weights(checkpoint_dir, tmp_path) -> dict:
+    """The model tensors of a saved trainer checkpoint (optimizer and scheduler state left out)."""
+    out = tmp_path / f"{checkpoint_dir.name}.pt"
+    dcp_to_torch_save(str(checkpoint_dir / DIST_CKPT_DIR), str(out))
+    state = torch.load(out, weights_only=False)  # our own conversion of our own test checkpoint
+    return {k: v for k, v in state.items() if not k.startswith(("optimizer", "scheduler"))
+            and isinstance(v, torch.Tensor)}
 
 
 def make_arith_files(directory) -> None:

@@ -110,6 +110,13 @@ class AlgorithmConfig:
     kl_in_reward: True: subtract beta * sum_t KL_t from each response's reward before the
                   advantages; False: add beta * KL as a loss term.
     entropy_coef: entropy bonus; the loss gets -entropy_coef * aggregated token entropy.
+    ppo_mini_batches: optimizer steps per rollout batch; each takes a contiguous 1/M of every DP
+                  rank's prompts, normalised by its own global counts (verl's ppo_mini_batch_size).
+    ppo_epochs:   passes over the mini-batches (the old log-probs stay those of the rollout policy).
+    recompute_old_logprobs: take the old log-probs from a separate forward before the update even
+                  when one optimizer step per batch makes them equal to the training forward's.
+    skip_zero_weight_rows: rollout rows whose weight in the loss is exactly zero (SFT-routed
+                  prompts under hard_gate, zero-advantage groups) are not forwarded at all.
     """
     advantage: str = "grpo"
     norm_by_std: bool = True
@@ -122,6 +129,10 @@ class AlgorithmConfig:
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
     entropy_coef: float = 0.0
+    ppo_mini_batches: int = 1
+    ppo_epochs: int = 1
+    recompute_old_logprobs: bool = False
+    skip_zero_weight_rows: bool = True
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
 
@@ -137,5 +148,7 @@ class AlgorithmConfig:
         _check(self.kl_coef >= 0, "algorithm.kl_coef", self.kl_coef, "must be >= 0")
         _check(self.entropy_coef >= 0, "algorithm.entropy_coef", self.entropy_coef,
                "must be >= 0")
+        _check(self.ppo_mini_batches >= 1, "algorithm.ppo_mini_batches", self.ppo_mini_batches, "must be >= 1")
+        _check(self.ppo_epochs >= 1, "algorithm.ppo_epochs", self.ppo_epochs, "must be >= 1")
         self.switch.validate()
         self.hybrid.validate()

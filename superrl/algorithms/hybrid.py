@@ -82,7 +82,7 @@ class LossScales:
     aux_denom: torch.Tensor   # [B] global normaliser of the KL / entropy terms
     sft_gate: torch.Tensor    # [Be] 1 = row's prompt is routed to SFT
     sft_denom: torch.Tensor   # [Be] normaliser of L_SFT
-    num_tokens: float         # global rollout tokens (token-mean metrics)
+    num_tokens: float         # global response tokens of the forwarded rollout rows (token-mean metrics)
     hybrid_active: bool       # some prompt of the global batch is routed to SFT
     sft_fraction: float       # from the switch decision
     micro_share: float        # 1 / (micro-batches summed over DP): share of per-step constants
@@ -169,9 +169,12 @@ def build_loss_scales(cfg: AlgorithmConfig, decision: SwitchDecision, response_m
                       prompt_index: torch.Tensor, expert_mask: Optional[torch.Tensor] = None,
                       expert_prompt_index: Optional[torch.Tensor] = None, *,
                       num_micro_batches: int = 1, group: ProcessGroup = None,
-                      policy_entropy: Optional[float] = None) -> LossScales:
+                      policy_entropy: Optional[float] = None,
+                      forwarded_rows: Optional[torch.Tensor] = None) -> LossScales:
     """Gates and DP-global normalisers of one optimizer step, from ALL its local rows (one
-    all-reduce). Shapes in the module docstring; slice the result per micro-batch with `.rows()`."""
+    all-reduce). Shapes in the module docstring; slice the result per micro-batch with `.rows()`.
+    `forwarded_rows` (bool [B], default all): the rollout rows the step forwards; rows left out
+    must have zero weight (the loss is unchanged), and the token-mean metrics cover the others."""
     agg, hybrid_cfg = cfg.loss_agg, cfg.hybrid
     gates = decision.gates.to(response_mask.device)
     num_local_prompts = gates.shape[0]
@@ -187,9 +190,11 @@ def build_loss_scales(cfg: AlgorithmConfig, decision: SwitchDecision, response_m
     pg_gate = gates[prompt_index].to(torch.float64)
     sft_gate = 1.0 - gates[expert_prompt_index].to(torch.float64)
     sft_mask = expert_mask * sft_gate[:, None].to(expert_mask.dtype)
+    forwarded = response_mask.sum(dim=-1) if forwarded_rows is None else response_mask[forwarded_rows].sum(dim=-1)
     local = count_vector(response_mask.sum(), valid_rows(response_mask).sum(), sft_mask.sum(),
-                         valid_rows(sft_mask).sum(), num_micro_batches)
-    pg_tokens, pg_seqs, sft_tokens, sft_seqs, total_micro_batches = all_reduce_sum(local, group).tolist()
+                         valid_rows(sft_mask).sum(), num_micro_batches, forwarded.sum())
+    pg_tokens, pg_seqs, sft_tokens, sft_seqs, total_micro_batches, forwarded_tokens = (
+        all_reduce_sum(local, group).tolist())
     pg_counts, sft_counts = TokenCounts(pg_tokens, pg_seqs), TokenCounts(sft_tokens, sft_seqs)
     hybrid_active = sft_seqs > 0
 
@@ -208,7 +213,7 @@ def build_loss_scales(cfg: AlgorithmConfig, decision: SwitchDecision, response_m
         pg_denom = aux_denom
         sft_denom = torch.full_like(sft_gate, sft_counts.denominator(agg))
     return LossScales(pg_gate=pg_gate, pg_denom=pg_denom, aux_denom=aux_denom, sft_gate=sft_gate,
-                      sft_denom=sft_denom, num_tokens=pg_tokens, hybrid_active=hybrid_active,
+                      sft_denom=sft_denom, num_tokens=forwarded_tokens, hybrid_active=hybrid_active,
                       sft_fraction=decision.sft_fraction, micro_share=1.0 / total_micro_batches,
                       policy_entropy=policy_entropy)
 

@@ -20,12 +20,12 @@ class TrainerFeature:
         """Once per run, after any resume and the first weight sync, before the first step."""
 
     def before_update(self, update) -> None:
-        """Every step, once the old log-probs are attached to `update.micro_batches` (an
-        actor_update.ActorUpdate) and before the loss scales and the optimizer step."""
+        """Every step, for each mini-batch's actor_update.ActorUpdate, before any optimizer step
+        (after the old-log-prob pass, when one runs: actor_update.py)."""
 
     def after_update(self, metrics: dict) -> None:
-        """Every step, after the policy's optimizer step (`metrics["step_applied"]`: whether it
-        was applied or skipped as non-finite)."""
+        """After each of the policy's optimizer steps (`metrics["step_applied"]`: whether it was
+        applied or skipped as non-finite)."""
 
     def state_dict(self) -> dict:
         return {}

@@ -1,6 +1,7 @@
 """The SuperRL loop: prompts -> rollouts -> rewards -> switch -> hybrid loss -> optimizer step ->
 weight sync -> next step. One `Trainer` per rank; every collective is explicit here. Optional parts
 (reference KL, learnable log-sigma weights, the probe) attach as features (feature.py)."""
+import functools
 import time
 
 import torch
@@ -17,13 +18,14 @@ from superrl.hf_config import ModelArch, read_hf_config
 from superrl.rewards.scorer import RewardScorer
 from superrl.sync import WeightSync
 from superrl.trainer import batching, checkpoint
-from superrl.trainer.actor_update import ActorUpdate, actor_step, attach_old_logprobs, loss_scales
+from superrl.trainer.actor_update import update_actor
 from superrl.trainer.engine_setup import bounded, build_engine
 from superrl.trainer.evaluate import evaluate
 from superrl.trainer.example_data import load_examples
 from superrl.trainer.experience import generate_and_score, sampling_params
 from superrl.trainer.log_sigma import LearnableLossWeights
 from superrl.trainer.metrics import MetricsLogger, resident_memory_mb
+from superrl.trainer.mini_batches import split_mini_batches
 from superrl.trainer.model_setup import build_train_state
 from superrl.trainer.parity import guard_parity, parity_tolerance
 from superrl.trainer.preemption import Preempted, PreemptionWatch
@@ -106,7 +108,7 @@ class Trainer:
         self._drop_step_if_preempted(start_state)
 
         t1 = time.perf_counter()
-        metrics, decision, rollout = self._update_actor(examples, rollouts)
+        metrics, decision, minis = self._update_actor(examples, rollouts)
         timings["timing/train_s"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -115,11 +117,11 @@ class Trainer:
         timings["timing/step_s"] = time.perf_counter() - t0
         self.update_s = timings["timing/step_s"] - timings["timing/rollout_s"]
         self.step += 1
-        return self._step_metrics(metrics, decision, rollouts, rollout.rows, timings)
+        return self._step_metrics(metrics, decision, rollouts, minis, timings)
 
     def _update_actor(self, examples: list, rollouts) -> tuple:
-        """Advantages, the switch's decision, then one optimizer step on rollout and expert rows;
-        returns (metrics, decision, rollout RowSet)."""
+        """Advantages, the switch's decision, then the optimizer steps on rollout and expert rows;
+        returns (metrics, decision, [MiniBatch])."""
         algorithm, dp_group = self.config.algorithm, mpu.get_data_parallel_group()
         advantages = compute_advantages(rollouts.rewards, algorithm.advantage, algorithm.norm_by_std,
                                         algorithm.adv_eps, group=dp_group)
@@ -127,36 +129,30 @@ class Trainer:
         decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
                                       advantages=advantages, sources=[ex.data_source for ex in examples],
                                       group=dp_group)
-        rollout = batching.rollout_rows(examples, rollouts.response_ids)
-        experts = batching.expert_rows(examples, (~decision.gates).nonzero().squeeze(1).tolist())
-        update = ActorUpdate(batching.pack_micro_batches(rollout.rows + experts.rows,
-                                                         self.config.optim.micro_batch_size,
-                                                         self.tokenizer.pad_token_id,
-                                                         uniform_width=self.ctx.pp_size > 1))
-        attach_old_logprobs(self.state.model, update.micro_batches)
+        pack = functools.partial(batching.pack_micro_batches, micro_batch_size=self.config.optim.micro_batch_size,
+                                 pad_id=self.tokenizer.pad_token_id, uniform_width=self.ctx.pp_size > 1,
+                                 max_tokens=self.config.optim.max_tokens_per_micro_batch)
+        minis = split_mini_batches(algorithm, examples, rollouts, advantages, decision, pack, dp_group)
         # every step follows a weight sync: an engine that disagrees stops the run before the update
-        parity = guard_parity(update.micro_batches, rollouts.logprobs, parity_tolerance(self.config),
-                              step=self.step + 1)
-        for feature in self.features:
-            feature.before_update(update)
-        scales = loss_scales(algorithm, decision, rollout, experts, update.micro_batches)
-        metrics = actor_step(self.state, algorithm, scales, advantages.flatten(), update)
-        for feature in self.features:
-            feature.after_update(metrics)
-        metrics.update(parity)
-        return metrics, decision, rollout
+        tolerance, step = parity_tolerance(self.config), self.step + 1
+        metrics = update_actor(self.state, algorithm, minis, self.features,
+                               lambda pairs: guard_parity(pairs, tolerance, step), pack)
+        return metrics, decision, minis
 
-    def _step_metrics(self, metrics: dict, decision, rollouts, rows: list, timings: dict) -> dict:
+    def _step_metrics(self, metrics: dict, decision, rollouts, minis: list, timings: dict) -> dict:
         eps = self.config.algorithm.switch.eps
+        rows = [row for mini in minis for row in mini.rollout.rows]
         lengths = torch.tensor([float(len(r.response_ids)) for r in rows])
         truncated = sum(reason == "length" for group in rollouts.finish_reasons for reason in group)
+        engine_logprob_sum = sum(sum(response) for group in rollouts.logprobs for response in group)
         local = count_vector(rollouts.rewards.sum(), rollouts.rewards.numel(), (rollouts.rewards > eps).sum(),
                              lengths.sum(), sum(len(r.prompt_ids) for r in rows), truncated,
                              rollouts.reward_metrics.get("reward/errors", 0.0),
-                             rollouts.reward_metrics.get("reward/timeouts", 0.0))
+                             rollouts.reward_metrics.get("reward/timeouts", 0.0),
+                             sum(int(mini.forwarded.sum()) for mini in minis), engine_logprob_sum)
         # reward counts live on one rank per model-parallel group: sum over DP only
-        reward_sum, n, successes, response_tokens, prompt_tokens, truncated, errors, timeouts = (
-            all_reduce_sum(local, mpu.get_data_parallel_group()).tolist())
+        (reward_sum, n, successes, response_tokens, prompt_tokens, truncated, errors, timeouts, forwarded,
+         engine_logprob_sum) = all_reduce_sum(local, mpu.get_data_parallel_group()).tolist()
         out = {k: v for k, v in metrics.items() if not k.startswith("step_")}
         out.update(decision.stats)
         out.update(timings)
@@ -167,6 +163,10 @@ class Trainer:
             "response/mean_length": response_tokens / n, "response/truncated_fraction": truncated / n,
             "perf/tokens_per_s": (response_tokens + prompt_tokens) / timings["timing/step_s"],
             "train/step_skipped": 1.0 - metrics.get("step_applied", 1.0),
+            "train/skipped_rollout_row_fraction": 1.0 - forwarded / n,
+            # the engine's sampled tokens: at temperature 1, an estimate of the policy's token
+            # entropy over every rollout row (actor/entropy covers the forwarded rows only)
+            "rollout/neg_logprob_mean": -engine_logprob_sum / max(response_tokens, 1.0),
             "memory/rss_mb": resident_memory_mb(),
             "train/lr": self.state.optimizer.param_groups[0]["lr"],
         })

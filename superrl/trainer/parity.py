@@ -67,7 +67,9 @@ def engine_rows(engine_logprobs: list) -> list:
 
 def token_log_ratios(micro_batches: list, rows: list) -> torch.Tensor:
     """float64 [N]: trainer - engine log-prob of every response token of the rollout rows, on the
-    host. Needs the old log-probs attached (last pipeline stage)."""
+    host. Needs the old log-probs attached (last pipeline stage). Tokens whose trainer log-prob is
+    not finite are left out: that is the trainer's own numerical failure, and the step is skipped
+    as non-finite (docs/fault_tolerance.md); a non-finite engine log-prob still counts."""
     parts = [torch.zeros(0, dtype=torch.float64)]
     for mb in micro_batches:
         trainer = mb.old_logprobs.detach().to("cpu", torch.float64)
@@ -77,7 +79,8 @@ def token_log_ratios(micro_batches: list, rows: list) -> torch.Tensor:
             if len(engine) != len(positions):
                 raise ValueError(f"rollout row {int(mb.row_index[b])}: the engine returned {len(engine)} "
                                  f"log-probs for {len(positions)} response tokens")
-            parts.append(trainer[b, positions] - torch.tensor(engine, dtype=torch.float64))
+            ratios = trainer[b, positions] - torch.tensor(engine, dtype=torch.float64)
+            parts.append(ratios[trainer[b, positions].isfinite()])
     return torch.cat(parts)
 
 
@@ -103,14 +106,17 @@ def reduce_parity(log_ratios: torch.Tensor, group: ProcessGroup) -> ParityStats:
     return ParityStats(total / tokens, diff_max, math.exp(log_ratio_max), tokens)
 
 
-def measure_parity(micro_batches: list, engine_logprobs: list) -> ParityStats:
-    """Collective over the world, after attach_old_logprobs. Only TP rank 0 of the last pipeline
+def measure_parity(pairs: list) -> ParityStats:
+    """Collective over the world, once the old log-probs are attached to the micro-batches of each
+    (micro_batches, engine_logprobs) pair (their row indices index that pair's engine log-probs,
+    [P][K] each: one pair per mini-batch). Only TP rank 0 of the last pipeline
     stage of each replica contributes (the stage that has the log-probs, once per replica: its TP
     peers hold the same values), so every token counts once and every rank receives the same
     numbers from one reduction, and therefore takes the same decision."""
     contributes = mpu.is_pipeline_last_stage() and mpu.get_tensor_model_parallel_rank() == 0
-    log_ratios = (token_log_ratios(micro_batches, engine_rows(engine_logprobs)) if contributes
-                  else torch.zeros(0, dtype=torch.float64))
+    parts = [token_log_ratios(micro_batches, engine_rows(engine_logprobs)) for micro_batches, engine_logprobs
+             in (pairs if contributes else [])]
+    log_ratios = torch.cat([torch.zeros(0, dtype=torch.float64)] + parts)
     return reduce_parity(log_ratios, dist.group.WORLD)
 
 
@@ -127,8 +133,9 @@ def check_parity(stats: ParityStats, tolerance: float, step: int) -> None:
         "rollout.parity_tolerance only for a known numerical difference (e.g. another engine precision).")
 
 
-def guard_parity(micro_batches: list, engine_logprobs: list, tolerance: float, step: int) -> dict:
-    """Collective: measure parity, stop the run on every rank if it fails; returns the metrics."""
-    stats = measure_parity(micro_batches, engine_logprobs)
+def guard_parity(pairs: list, tolerance: float, step: int) -> dict:
+    """Collective: measure parity (measure_parity's pairs), stop the run on every rank if it fails;
+    returns the metrics."""
+    stats = measure_parity(pairs)
     check_parity(stats, tolerance, step)
     return stats.metrics()

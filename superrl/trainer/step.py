@@ -61,8 +61,10 @@ def model_device(model) -> torch.device:
 LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch], tuple]  # -> (loss, {metric: sum})
 
 
-def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: bool = False) -> dict:
-    """Run all micro-batches; return metric sums, all-reduced so every rank holds the same dict."""
+def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: bool = False,
+                     share_metrics: bool = True) -> dict:
+    """Run all micro-batches; return metric sums, all-reduced so every rank holds the same dict
+    (an empty dict without `share_metrics`: then no collective beyond the model's own)."""
     device, multiple = model_device(model), _sequence_multiple(model)
     mbs, seq_len = _input_shape(micro_batches[0], multiple)
     pipelined = mpu.get_pipeline_model_parallel_world_size() > 1
@@ -78,7 +80,7 @@ def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: 
     results = get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
         num_microbatches=len(micro_batches), seq_length=seq_len, micro_batch_size=mbs, forward_only=forward_only)
-    return _sum_metrics_to_all_ranks(results)
+    return _sum_metrics_to_all_ranks(results) if share_metrics else {}
 
 
 def _sequence_multiple(model) -> int:
@@ -166,17 +168,28 @@ def optimizer_step(state) -> tuple:
     return applied, grad_norm
 
 
-def train_step(state, micro_batches: list, loss_fn: LossFn) -> dict:
+def accumulate_gradients(state, micro_batches: list, loss_fn: LossFn) -> dict:
+    """Forward and backward of every micro-batch into fresh gradient buffers; the metric sums."""
     state.model.zero_grad_buffer()
     state.optimizer.zero_grad()
-    metrics = forward_backward(state.model, micro_batches, loss_fn)
+    return forward_backward(state.model, micro_batches, loss_fn)
+
+
+def apply_gradients(state, metrics: dict) -> dict:
+    """The optimizer step on the accumulated gradients, skipped on every rank when the loss or a
+    gradient is non-finite anywhere; returns grad_norm and step_applied."""
     applied, grad_norm = False, None
     if grads_and_loss_finite(state.model, metrics["loss"]):
         applied, grad_norm = optimizer_step(state)
     state.model.zero_grad_buffer()
     state.optimizer.zero_grad()
-    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-    metrics["step_applied"] = float(applied)
+    return {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "step_applied": float(applied)}
+
+
+def train_step(state, micro_batches: list, loss_fn: LossFn) -> dict:
+    metrics = accumulate_gradients(state, micro_batches, loss_fn)
+    metrics.update(apply_gradients(state, metrics))
     return metrics
 
 
@@ -191,7 +204,8 @@ def sft_loss_fn(global_target_tokens: float) -> LossFn:
 
 def forward_outputs(model, micro_batches: list) -> list:
     """Forward only: on the last stage, each micro-batch's detached (logprobs, entropy) [b, s];
-    empty on the other stages. Used to recompute old-policy and reference log-probs."""
+    empty on the other stages. Used to recompute old-policy and reference log-probs. Collective
+    over the model-parallel group only: data-parallel replicas may call it for different rows."""
     outputs = []
 
     def record(logprobs, entropy, mb):
@@ -199,5 +213,5 @@ def forward_outputs(model, micro_batches: list) -> list:
         return logprobs.sum() * 0.0, {}
 
     with torch.no_grad():
-        forward_backward(model, micro_batches, record, forward_only=True)
+        forward_backward(model, micro_batches, record, forward_only=True, share_metrics=False)
     return outputs

@@ -20,13 +20,12 @@ from superrl.weights.load import unwrap_model
 VARYING = ("timing/", "perf/", "memory/", "sync/gbps", "sync/seconds")  # wall-clock figures
 
 
-def record_micro_batches(budget, built: list):
-    """Have the trainer's packer use `budget` and record what it builds (the trainer passes the
-    token budget from its config too; setting it here keeps this test independent of that call)."""
+def record_micro_batches(built: list):
+    """Record what the trainer's packer builds (it observes, changes nothing)."""
     pack = batching.pack_micro_batches
 
-    def packer(rows, micro_batch_size, pad_id, uniform_width, max_tokens=None):
-        micro_batches = pack(rows, micro_batch_size, pad_id, uniform_width, max_tokens=budget)
+    def packer(*args, **kwargs):
+        micro_batches = pack(*args, **kwargs)
         built.extend({"rows": mb.tokens.shape[0], "width": mb.packing.width if mb.packing else None,
                       "kinds": mb.row_kind.tolist()} for mb in micro_batches)
         return micro_batches
@@ -41,7 +40,7 @@ def one_step(config, arch, ctx) -> tuple:
 
     seed_everything(config.trainer.seed)
     built = []
-    original = record_micro_batches(config.optim.max_tokens_per_micro_batch, built)
+    original = record_micro_batches(built)
     trainer = Trainer(config, arch, ctx)
     try:
         before = parameters(trainer)
