@@ -30,6 +30,7 @@ class ModelConfig:
     transformer_engine: str = "auto"  # auto | on | off
     dtype: str = "float32"  # float32 | bfloat16 (megatron mixed precision: fp32 main params and grads)
     recompute: str = "none"  # activation recomputation: none | selective (core attention) | full (every layer)
+    cpu_gemm: str = "auto"  # decoder linear GEMMs on CPU: auto | onednn | torch (models/cpu_gemm.py)
 
 
 @dataclass
@@ -124,6 +125,7 @@ CHOICES = {
     "model.transformer_engine": ("auto", "on", "off"),
     "model.dtype": ("float32", "bfloat16"),
     "model.recompute": ("none", "selective", "full"),
+    "model.cpu_gemm": ("auto", "onednn", "torch"),
     "rollout.dtype": ("float32", "bfloat16"),  # or null: model.dtype
     "data.prompt_template": ("chat", "plain"),
     "rollout.engine": ("embedded", "vllm"),

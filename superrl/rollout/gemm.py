@@ -1,13 +1,11 @@
 """How the decoder's linear layers run: `linear(x, w, bias)` = x W^T + b and `linear_plus(r, x, w)`
 = r + x W^T, with W an HF-layout [out, in] weight, behind one of two backends chosen per engine.
 
-* `OneDNNGemm` (CPU, float32 / bf16 / fp16, torch built with oneDNN): oneDNN's JIT GEMM through
-  `torch.ops.mkldnn._linear_pointwise`, straight off the HF-layout weights, the residual add fused
-  (small products and unbounded shape sets stay on MKL, see the class).
-  Measured on this project's CPU box (AMD EPYC, AVX-512): half the time of torch's default MKL
-  sgemm for every row count from 8 to 1392 at llama-small shapes (MKL takes a slower code path
-  on AMD). The op is internal to torch (inductor's CPU linear), so it is probed at start-up and
-  `TransposedGemm` takes over when it is missing or disagrees with `torch.mm`.
+* `OneDNNGemm` (CPU, float32 / bf16 / fp16, torch built with oneDNN): oneDNN's JIT GEMM
+  (superrl/ops/onednn.py, shared with training) straight off the HF-layout weights, the residual
+  add fused (small products and unbounded shape sets stay on MKL, see the class). Measured on this
+  project's CPU box: half the time of torch's default MKL sgemm for every row count from 8 to 1392
+  at llama-small shapes. `TransposedGemm` takes over when the start-up probe fails.
 * `TransposedGemm` (everything else): `x @ w` on [in, out] copies of the weights on CPU, where MKL
   reads a cold [in, out] weight 20-25% faster than a cold [out, in] one during decode; views on
   GPU. The HF-layout buffers stay the source of truth (weight sync writes them at memcpy speed; a
@@ -15,17 +13,14 @@
   version counters, which every in-place write bumps (`update_weights`, a `state_dict()` view);
   writes from other processes bypass them, so those call `invalidate()`.
 """
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from superrl.ops.onednn import OneDNNRows, onednn_linear, onednn_linear_plus, onednn_linear_works
 from superrl.rollout.decoder_weights import DecoderWeights
-
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-ONEDNN_MIN_MACS = 2 ** 21
 
 
 @dataclass
@@ -51,34 +46,30 @@ def _layer_operands(weights: DecoderWeights, operands: list) -> list:
 
 
 class OneDNNGemm:
-    """oneDNN builds (and keeps) a primitive per input shape, ~0.6 MB each: a shape per prefill
-    length would grow memory without bound. So only row counts that are multiples of ROW_MULTIPLE
-    up to `max_rows` (the engine's batch slots; decode rows are rounded up to match) run on oneDNN:
-    a fixed, small set of shapes. Other row counts, and products below ONEDNN_MIN_MACS (oneDNN's
-    call costs ~8 us more, which a product of ~2M multiply-adds earns back: 32 x 128 x 768 took
-    30 us vs MKL's 42, 32 x 128 x 256 took 18 vs 15), run on MKL."""
+    """A shape per prefill length would grow oneDNN's primitive cache without bound (OneDNNRows), so
+    only row counts that are multiples of ROW_MULTIPLE up to `max_rows` (the engine's batch slots;
+    decode rows are rounded up to match) run on oneDNN: a fixed, small set of shapes. Other row
+    counts run on MKL."""
 
     ROW_MULTIPLE = 8
 
     def __init__(self, weights: DecoderWeights, max_rows: int):
         self.lm_head = weights.lm_head
         self.layers = _layer_operands(weights, _gemm_weights(weights))
-        self.max_rows = max_rows
+        self.rows = OneDNNRows(self.ROW_MULTIPLE, max_rows=max_rows)
 
     def _on_onednn(self, x, weight) -> bool:
-        rows = x.shape[0]
-        return (rows % self.ROW_MULTIPLE == 0 and rows <= self.max_rows
-                and rows * weight.numel() >= ONEDNN_MIN_MACS)
+        return self.rows.admits(x.shape[0], weight)
 
     def linear(self, x, weight, bias=None):
         if not self._on_onednn(x, weight):
             return F.linear(x, weight, bias)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return onednn_linear(x, weight, bias)
 
     def linear_plus(self, residual, x, weight):
         if not self._on_onednn(x, weight):
             return torch.addmm(residual, x, weight.t())
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
+        return onednn_linear_plus(residual, x, weight)
 
     def refresh(self) -> None:
         """Nothing derived: the GEMMs read the live weights."""
@@ -128,29 +119,10 @@ class TransposedGemm:
         self._versions = versions
 
 
-@functools.lru_cache(maxsize=None)
-def onednn_linear_works(dtype: torch.dtype) -> bool:
-    """The internal op exists and agrees with torch.mm (with and without the fused add)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    generator = torch.Generator().manual_seed(0)
-    x, weight, residual = (torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 24), (16, 24), (5, 16)))
-    try:
-        with torch.no_grad():
-            plain = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-            fused = torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
-    except (AttributeError, RuntimeError):
-        return False
-    reference = (x.float() @ weight.float().t())
-    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
-    return bool(torch.allclose(plain.float(), reference, atol=tolerance)
-                and torch.allclose(fused.float(), reference + residual.float(), atol=tolerance))
-
-
 def make_gemm(weights: DecoderWeights, max_rows: int):
     """max_rows: the most rows a decode step has (the engine's batch slots)."""
     dtype, device = weights.embed.dtype, weights.embed.device
-    if device.type == "cpu" and dtype in _ONEDNN_DTYPES and onednn_linear_works(dtype):
+    if device.type == "cpu" and onednn_linear_works(dtype):
         return OneDNNGemm(weights, max_rows)
     return TransposedGemm(weights)
 

@@ -25,6 +25,7 @@ from megatron.core.transformer.module import Float16Module
 
 from superrl.config import Config
 from superrl.hf_config import ModelArch
+from superrl.models.cpu_gemm import use_cpu_gemm
 from superrl.models.gpt import build_policy_model
 from superrl.weights.load import load_hf_weights
 from superrl.weights.megatron_checkpoint import load_model_checkpoint
@@ -53,11 +54,14 @@ def with_mixed_precision(model):
 
 
 def build_model(config: Config, arch: ModelArch):
-    """This rank's stage of the configured model (precision and megatron switches), weights not loaded."""
-    return build_policy_model(arch, config.parallel.tp, config.parallel.pp,
-                              arch.padded_vocab_size(config.model.vocab_pad_multiple), config.model.transformer_engine,
-                              model_dtype(config), sequence_parallel=config.parallel.sequence_parallel,
-                              recompute=config.model.recompute)
+    """This rank's stage of the configured model (precision, megatron switches and the CPU GEMM
+    backend of its linear layers), weights not loaded."""
+    model = build_policy_model(arch, config.parallel.tp, config.parallel.pp,
+                               arch.padded_vocab_size(config.model.vocab_pad_multiple), config.model.transformer_engine,
+                               model_dtype(config), sequence_parallel=config.parallel.sequence_parallel,
+                               recompute=config.model.recompute)
+    use_cpu_gemm(model, config.model.cpu_gemm)
+    return model
 
 
 def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True) -> TrainState:
