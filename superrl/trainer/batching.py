@@ -4,7 +4,8 @@ Rows are sorted by length so rows of similar length share a micro-batch (little 
 the loss-normalisation contract (model_setup.py) grouping does not change what is optimised. Pipeline
 schedules need every micro-batch of a step to share one [micro_batch_size, S] shape, so with PP > 1
 rows are padded to the step's longest row; without PP each micro-batch is only as wide as its own
-longest row. The last micro-batch is filled with padding rows that carry no targets. Each row's kind
+longest row. With PP the last micro-batch is filled with padding rows that carry no targets; without
+it the last micro-batch just holds fewer rows (padding rows would cost as much as real ones). Each row's kind
 and index travel in `MicroBatch.row_kind` / `MicroBatch.row_index`.
 
 With a token budget (optim.max_tokens_per_micro_batch) rows are packed instead: longest first, each
@@ -92,7 +93,8 @@ def pack_micro_batches(rows: list, micro_batch_size: int, pad_id: int, uniform_w
                 for group in _first_fit(rows, max_tokens)]
     rows = sorted(rows, key=_row_width)
     step_width = _row_width(rows[-1])
-    rows += [None] * (-len(rows) % micro_batch_size)  # padding rows
+    if uniform_width:  # the pipeline's one shape; without PP the last micro-batch is just smaller
+        rows += [None] * (-len(rows) % micro_batch_size)  # padding rows
     return [_micro_batch(rows[s:s + micro_batch_size], pad_id, step_width if uniform_width else None)
             for s in range(0, len(rows), micro_batch_size)]
 
