@@ -26,7 +26,9 @@ setup(
     extras_require={
         # Versions as in constraints-gpu.txt (why: its header); install with it, see README.
         "gpu": ["transformer-engine[core_cu13,pytorch]==2.11.0", "vllm==0.32.0"],
-        "dev": ["pytest", "pytest-timeout"],
+        # experiment tracking: trainer.loggers=[..., wandb]; in dev too, so the tests run it
+        "tracking": ["wandb==0.31.0"],
+        "dev": ["pytest", "pytest-timeout", "wandb==0.31.0"],
     },
     entry_points={
         "console_scripts": [

@@ -107,6 +107,9 @@ class TrainerConfig:
     # SIGTERM/SIGUSR1 -> save and exit within this; torchrun SIGKILLs its workers 30 s after its own SIGTERM
     preemption_grace_s: float = 25.0
     max_consecutive_bad_steps: int = 5  # NaN/Inf loss or grads: skip the step; stop after this many in a row
+    loggers: list = field(default_factory=lambda: ["jsonl", "tensorboard"])  # metric sinks, from LOGGERS
+    wandb_project: str = "superrl"
+    wandb_run_name: Optional[str] = None  # None: the basename of run_dir
 
 
 @dataclass
@@ -130,6 +133,7 @@ CHOICES = {
     "data.prompt_template": ("chat", "plain"),
     "rollout.engine": ("embedded", "vllm"),
 }
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # trainer.loggers: the metric sinks of trainer/sinks/
 
 
 def _build(cls, values: dict, prefix: str):
@@ -209,6 +213,8 @@ def check_trainer_settings(config: Config) -> None:
     _require(t.max_consecutive_bad_steps >= 1,
              f"trainer.max_consecutive_bad_steps={t.max_consecutive_bad_steps} must be >= 1")
     _require(t.preemption_grace_s > 0, f"trainer.preemption_grace_s={t.preemption_grace_s} must be > 0")
+    for name in t.loggers:
+        _require(name in LOGGERS, f"trainer.loggers: {name!r} is not one of {', '.join(LOGGERS)}")
     _require(config.optim.micro_batch_size >= 1,
              f"optim.micro_batch_size={config.optim.micro_batch_size} must be >= 1")
     check_token_budget(config)

@@ -8,8 +8,11 @@ import json
 import os
 import sys
 
-from superrl.distributed import destroy_distributed
-from superrl.trainer.launch import config_arguments, start
+from superrl import console
+
+console.install()  # before megatron is imported: some of its warnings fire at import time
+from superrl.distributed import destroy_distributed  # noqa: E402
+from superrl.trainer.launch import config_arguments, start  # noqa: E402
 
 
 def write_result(run_dir: str, checkpoint: str, result: dict) -> str:

@@ -1,14 +1,17 @@
 """`python -m superrl.train --config FILE.yaml [dotted.key=value ...]` (also under torchrun)."""
 import sys
 
-from superrl.distributed import abort_distributed, destroy_distributed
-from superrl.trainer.launch import Launch, config_arguments, start
-from superrl.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted
+from superrl import console
+
+console.install()  # before megatron is imported: some of its warnings fire at import time
+from superrl.distributed import abort_distributed, destroy_distributed  # noqa: E402
+from superrl.trainer.launch import Launch, config_arguments, start  # noqa: E402
+from superrl.trainer.preemption import PREEMPTED_EXIT_CODE, Preempted  # noqa: E402
 
 
 def setup(argv=None) -> Launch:
     """Parse and check everything, then initialise distributed state."""
-    return start(config_arguments("python -m superrl.train", __doc__).parse_args(argv))
+    return start(config_arguments("python -m superrl.train", __doc__).parse_args(argv), logs_metrics=True)
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ training run adds "before_save_vmhwm_bytes", the mark when it starts its first c
   python bench/workers/peak_rss.py --result-dir DIR {train,baseline} --config FILE [key=value ...]
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,8 +56,8 @@ def run_baseline(argv: list) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(config.model.hf_dir)
     examples = load_examples(config, config.data.train_files, tokenizer, arch).example_set
-    logger = MetricsLogger(os.path.join(config.trainer.run_dir, "baseline"), config.trainer.total_steps,
-                           enabled=ctx.rank == 0)
+    baseline = dataclasses.replace(config.trainer, run_dir=os.path.join(config.trainer.run_dir, "baseline"))
+    logger = MetricsLogger(dataclasses.replace(config, trainer=baseline), enabled=ctx.rank == 0)
     with RewardScorer(examples.data_sources, config.reward.function, timeout_s=config.reward.timeout_s):
         pass
     logger.close()

@@ -10,6 +10,7 @@ from superrl.distributed import ParallelContext, init_distributed, world_size_fr
 from superrl.hf_config import ModelArch, load_arch
 from superrl.models.trainable import check_trainable
 from superrl.trainer.memory_plan import check_memory_plan
+from superrl.trainer.sinks import require_sink_packages
 
 
 class Launch(NamedTuple):
@@ -27,12 +28,15 @@ def config_arguments(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def start(args: argparse.Namespace, needs_eval_files: bool = False) -> Launch:
-    """Load and check the config (`needs_eval_files`: it must name data.eval_files), then create
-    the process groups with the run's `trainer.dist_timeout_s`."""
+def start(args: argparse.Namespace, needs_eval_files: bool = False, logs_metrics: bool = False) -> Launch:
+    """Load and check the config (`needs_eval_files`: it must name data.eval_files; `logs_metrics`:
+    the packages of its trainer.loggers are installed), then create the process groups with the
+    run's `trainer.dist_timeout_s`."""
     config = load_config(args.config, args.overrides)
     if needs_eval_files and not config.data.eval_files:
         raise ConfigError("data.eval_files is empty: there is nothing to evaluate")
+    if logs_metrics:
+        require_sink_packages(config.trainer.loggers)
     arch = load_arch(config.model.hf_dir)
     check_trainable(arch)
     world_size = world_size_from_env()

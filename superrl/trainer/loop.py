@@ -231,8 +231,9 @@ class Trainer:
         if path:
             self.resume(path, meta)
         self.sync_engine()  # the engine starts from the trainer's weights, fresh or resumed
-        logger = MetricsLogger(t.run_dir, t.total_steps, start_step=self.step, enabled=self.ctx.rank == 0)
+        logger = MetricsLogger(self.config, start_step=self.step, enabled=self.ctx.rank == 0)
         self.preemption = PreemptionWatch(t.preemption_grace_s)
+        failed = True  # until the loop ends without an exception
         try:
             for feature in self.features:
                 feature.start(self, logger)
@@ -247,9 +248,10 @@ class Trainer:
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.total_steps:
                     self.save()
                 self._stop_if_preempted()
+            failed = False
         finally:
             self.preemption.close()
-            logger.close()
+            logger.close(failed)
         return history
 
     def _drop_step_if_preempted(self, start_state: tuple) -> None:
