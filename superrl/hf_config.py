@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
-# transformers' LlamaConfig / Qwen2Config defaults for every field read below (transformers 5.x).
+# transformers' LlamaConfig / Qwen2Config / Qwen3Config defaults for every field read below (transformers 5.x).
 # num_key_value_heads None and head_dim None mean "num_attention_heads" and "hidden_size // heads".
 _COMMON_DEFAULTS = {"hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
                     "num_attention_heads": 32, "num_hidden_layers": 32, "hidden_size": 4096, "head_dim": None}
@@ -22,12 +22,17 @@ HF_DEFAULTS = {
               "max_position_embeddings": 2048, "attention_bias": False, "mlp_bias": False, "eos_token_id": 2},
     "qwen2": {**_COMMON_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
               "max_position_embeddings": 32768, "use_sliding_window": False, "eos_token_id": None},
+    "qwen3": {**_COMMON_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
+              "head_dim": 128, "max_position_embeddings": 32768, "attention_bias": False,
+              "use_sliding_window": False, "layer_types": None, "eos_token_id": None},
 }
 # Fields that may be absent (then defaulted) but not null; the others' null derives a value.
 REQUIRED_VALUES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                    "vocab_size", "rms_norm_eps", "max_position_embeddings", "hidden_act")
+FAMILY_REQUIRED_VALUES = {"llama": (), "qwen2": (), "qwen3": ("head_dim",)}  # Qwen3Config types it int
 # Switches whose "on" we cannot run (Llama's attention_bias also puts a bias on o_proj).
-UNSUPPORTED_FLAGS = {"llama": ("attention_bias", "mlp_bias"), "qwen2": ("use_sliding_window",)}
+UNSUPPORTED_FLAGS = {"llama": ("attention_bias", "mlp_bias"), "qwen2": ("use_sliding_window",),
+                     "qwen3": ("attention_bias", "use_sliding_window")}
 DEFAULT_ROPE_THETA = 10000.0
 # RoPE types and the scaling fields each needs (transformers' names); others are refused.
 ROPE_FIELDS = {"default": (), "linear": ("factor",),
@@ -51,7 +56,7 @@ class RopeParameters:
 @dataclass(frozen=True)
 class ModelArch:
     name: str  # HF class, e.g. "Qwen2ForCausalLM"
-    family: str  # llama | qwen2
+    family: str  # llama | qwen2 | qwen3
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -62,6 +67,7 @@ class ModelArch:
     rope: RopeParameters
     rms_norm_eps: float
     qkv_bias: bool
+    qk_norm: bool  # RMSNorm over head_dim on every q and k head before RoPE (Qwen3)
     tied_embeddings: bool
     max_position_embeddings: int
     eos_token_ids: tuple = ()  # config.json's, then generation_config.json's (stop tokens)
@@ -89,6 +95,10 @@ def _refuse_unsupported(get, family: str, path: str) -> None:
     for flag in UNSUPPORTED_FLAGS[family]:
         if get(flag):
             raise UnsupportedModelError(f"{path}: {flag}=true is not supported")
+    sliding = [t for t in get("layer_types") or () if t != "full_attention"]
+    if sliding:
+        raise UnsupportedModelError(f"{path}: layer_types {sorted(set(sliding))} are not supported "
+                                    "(only full_attention)")
 
 
 def _rope(cfg: dict, path: str) -> RopeParameters:
@@ -121,7 +131,7 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json", generation: Option
     def get(key):  # absent: the default; null: "derive it" where transformers allows null
         return cfg[key] if key in cfg else defaults.get(key)
 
-    nulls = [k for k in REQUIRED_VALUES if get(k) is None]
+    nulls = [k for k in REQUIRED_VALUES + FAMILY_REQUIRED_VALUES[family] if get(k) is None]
     if nulls:
         raise UnsupportedModelError(f"{path}: {', '.join(nulls)} must not be null")
     _refuse_unsupported(get, family, path)
@@ -134,6 +144,7 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json", generation: Option
         ffn_hidden_size=get("intermediate_size"), vocab_size=get("vocab_size"), rope=_rope(cfg, path),
         rms_norm_eps=get("rms_norm_eps"),
         qkv_bias=family == "qwen2",  # Qwen2's attention always has q/k/v biases
+        qk_norm=family == "qwen3",
         tied_embeddings=bool(get("tie_word_embeddings")),
         max_position_embeddings=get("max_position_embeddings"),
         eos_token_ids=tuple(dict.fromkeys(eos)),

@@ -39,6 +39,26 @@ def tiny_qwen2(tmp_path_factory) -> str:
     return _make_tiny(tmp_path_factory, "qwen2")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> str:
+    """Qwen3-style: per-head q/k RMSNorm (random weights), no qkv bias, explicit head_dim 32 (not
+    hidden / heads = 16), untied embeddings, GQA, hidden 64, 2 layers, vocab 512."""
+    return _make_tiny(tmp_path_factory, "qwen3", "--head-dim", "32")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_rope(tmp_path_factory) -> str:
+    """tiny_llama's weights with Llama 3.1 RoPE scaling (factor 8) over an original context of 16
+    positions, so the scaling changes every sequence the tests run."""
+    return _make_tiny(tmp_path_factory, "llama", "--rope-scaling", "llama3", "--rope-original-max-positions", "16")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_linear_rope(tmp_path_factory) -> str:
+    """tiny_llama's weights with linear RoPE scaling (positions / 4)."""
+    return _make_tiny(tmp_path_factory, "llama", "--rope-scaling", "linear", "--rope-factor", "4")
+
+
 @pytest.fixture
 def no_leftover_processes(monkeypatch):
     """Fails the test if any process it started is alive 10 s after it ended (then kills them).

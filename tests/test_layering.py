@@ -8,6 +8,7 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "superrl"
 LAYERS = [  # bottom first
     {"superrl.hf_config", "superrl.distributed", "superrl.console"},
+    {"superrl.rope"},
     {"superrl.rollout", "superrl.ops", "superrl.algorithms", "superrl.rewards"},
     {"superrl.models", "superrl.data", "superrl.config"},
     {"superrl.sync", "superrl.weights"},

@@ -8,9 +8,9 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def reference_losses(tiny_llama, tiny_qwen2):
+def reference_losses(tiny_llama, tiny_qwen2, tiny_qwen3):
     return {name: run_torchrun("sft_steps.py", 1, ["--hf-dir", path, "--steps", STEPS])[0]["losses"]
-            for name, path in (("llama", tiny_llama), ("qwen2", tiny_qwen2))}
+            for name, path in (("llama", tiny_llama), ("qwen2", tiny_qwen2), ("qwen3", tiny_qwen3))}
 
 
 def _assert_matches(results, reference):
@@ -27,7 +27,9 @@ def _assert_matches(results, reference):
     ("llama", 4, ["--tp", "2", "--pp", "2"]),
     ("llama", 2, []),  # DP2: same global batch split over two data-parallel ranks
     ("qwen2", 4, ["--tp", "2", "--pp", "2"]),
-], ids=["llama-tp2", "llama-pp2", "llama-tp2pp2", "llama-dp2", "qwen2-tp2pp2"])
+    # q/k norm weights are replicated over TP but see different heads: their gradients must be summed
+    ("qwen3", 4, ["--tp", "2", "--pp", "2"]),
+], ids=["llama-tp2", "llama-pp2", "llama-tp2pp2", "llama-dp2", "qwen2-tp2pp2", "qwen3-tp2pp2"])
 def test_parallel_layout_matches_single_process(request, reference_losses, arch, nproc, layout):
     hf_dir = request.getfixturevalue(f"tiny_{arch}")
     results = run_torchrun("sft_steps.py", nproc, ["--hf-dir", hf_dir, "--steps", STEPS, *layout])

@@ -1,4 +1,5 @@
-"""EmbeddedEngine against `transformers` on tiny random Llama (tied) and Qwen2 (qkv bias, untied)."""
+"""EmbeddedEngine against `transformers` on tiny random Llama (tied), Qwen2 (qkv bias, untied), Qwen3
+(q/k norms, head_dim != hidden / heads) and Llama with Llama 3 and linear RoPE scaling."""
 import json
 import shutil
 
@@ -40,7 +41,7 @@ def gemm_backend(request):
         yield request.param
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "llama3_rope", "llama_linear_rope"])
 def model_dir(request):
     return request.getfixturevalue(f"tiny_{request.param}")
 
@@ -94,6 +95,17 @@ def test_logprobs_are_raw_model_logprobs(engine, hf_model):
             expected = hf_token_logprobs(hf_model, prompt, completion.token_ids)
             got = torch.tensor(completion.logprobs, dtype=torch.float64)
             assert (got - expected).abs().max().item() <= LOGPROB_TOL
+
+
+def test_llama3_rope_scaling_changes_these_logprobs(tiny_llama, tiny_llama3_rope):
+    """The same weights without the scaling score the scaled engine's tokens differently, by far
+    more than the tolerance, so the tests above would fail for an engine that ignored `rope_type: llama3`."""
+    unscaled = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    outputs = EmbeddedEngine(tiny_llama3_rope).generate(PROMPTS, greedy(), ignore_eos=True)
+    diffs = [(torch.tensor(completion.logprobs, dtype=torch.float64)
+              - hf_token_logprobs(unscaled, prompt, completion.token_ids)).abs().max().item()
+             for prompt, (completion,) in zip(PROMPTS, outputs)]
+    assert max(diffs) > 10 * LOGPROB_TOL
 
 
 def test_seeded_sampling_is_reproducible(model_dir, engine):

@@ -16,7 +16,7 @@ MB = 2**20
 RSS_ALLOWANCE = 256 * 1024
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("pp", [1, 2])
 def test_plan_covers_the_checkpoint_exactly(request, arch, pp):
     """Names and shapes computed from the architecture alone equal the HF checkpoint's tensors."""
@@ -33,14 +33,15 @@ def test_plan_covers_the_checkpoint_exactly(request, arch, pp):
 
 
 @pytest.fixture(scope="module")
-def synced_layouts(tiny_llama, tiny_qwen2) -> list:
+def synced_layouts(tiny_llama, tiny_qwen2, tiny_qwen3, tiny_llama3_rope) -> list:
     """One 4-rank world runs every layout in turn (so TP2 and PP2 also have DP2: two engines)."""
-    layouts = [f"{tiny_llama}:2:1", f"{tiny_llama}:1:2", f"{tiny_qwen2}:2:2"]
+    layouts = [f"{tiny_llama}:2:1", f"{tiny_llama}:1:2", f"{tiny_qwen2}:2:2", f"{tiny_qwen3}:2:2",
+               f"{tiny_llama3_rope}:2:1"]
     return run_torchrun("sync_logprobs.py", 4, [arg for layout in layouts for arg in ("--layout", layout)])
 
 
-@pytest.mark.parametrize("index,layout", [(0, "tp2pp1"), (1, "tp1pp2"), (2, "tp2pp2")],
-                         ids=["llama-tp2-dp2", "llama-pp2-dp2", "qwen2-tp2pp2"])
+@pytest.mark.parametrize("index,layout", [(0, "tp2pp1"), (1, "tp1pp2"), (2, "tp2pp2"), (3, "tp2pp2"), (4, "tp2pp1")],
+                         ids=["llama-tp2-dp2", "llama-pp2-dp2", "qwen2-tp2pp2", "qwen3-tp2pp2", "llama3_rope-tp2-dp2"])
 @pytest.mark.parametrize("transport", ["collective", "shared_memory", "direct"])
 def test_engine_logprobs_equal_trainer_after_sync(synced_layouts, index, layout, transport):
     per_rank = [rank_results[index] for rank_results in synced_layouts]

@@ -1,4 +1,4 @@
-"""Convert a Hugging Face Llama / Qwen2 model into a megatron-core distributed checkpoint.
+"""Convert a Hugging Face Llama / Qwen2 / Qwen3 model into a megatron-core distributed checkpoint.
 
     python tools/convert_hf_to_megatron.py --hf-dir DIR --out-dir MDIR --tp N --pp M
 

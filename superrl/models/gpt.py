@@ -1,4 +1,4 @@
-"""The policy model: megatron-core's GPTModel for Llama/Qwen2 architectures, one PP stage per rank.
+"""The policy model: megatron-core's GPTModel for Llama/Qwen2/Qwen3 architectures, one PP stage per rank.
 
 On the last stage, given targets, the forward returns per-token (log-prob, entropy) computed by the
 fused output-layer kernel instead of logits, so full-vocab logits never exist during training.
@@ -18,8 +18,8 @@ from megatron.core.transformer import TransformerConfig
 
 from superrl.hf_config import ModelArch
 from superrl.models.packed_attention import PackedDotProductAttention
-from superrl.models.trainable import check_trainable
 from superrl.ops import FP8OutputLayer, FP8Recipe, fused_linear_logprobs_and_entropy
+from superrl.rope import inverse_frequencies
 
 
 def use_transformer_engine(setting: str) -> bool:
@@ -43,13 +43,13 @@ def transformer_config(arch: ModelArch, tp: int, pp: int, dtype: torch.dtype = t
     """`dtype`: the parameters' (bfloat16: megatron's mixed precision, see trainer/model_setup.py);
     `sequence_parallel`, `recompute`: megatron's memory switches (config `parallel.sequence_parallel`,
     `model.recompute`)."""
-    check_trainable(arch)
     on_gpu = torch.cuda.is_available()
     return TransformerConfig(
         num_layers=arch.num_layers, hidden_size=arch.hidden_size, num_attention_heads=arch.num_heads,
         num_query_groups=arch.num_kv_heads, kv_channels=arch.head_dim,
         ffn_hidden_size=arch.ffn_hidden_size, normalization="RMSNorm", layernorm_epsilon=arch.rms_norm_eps,
         gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_norm,
         hidden_dropout=0.0, attention_dropout=0.0,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         params_dtype=dtype, pipeline_dtype=dtype, bf16=dtype == torch.bfloat16,
@@ -105,9 +105,9 @@ def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
     `switches`: transformer_config's sequence_parallel and recompute."""
     config = transformer_config(arch, tp, pp, dtype, **switches)
     if use_transformer_engine(transformer_engine):
-        spec = get_gpt_layer_with_transformer_engine_spec()
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
     else:
-        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=arch.qk_norm)
         # packed micro-batches (trainer/packing.py) need a core attention that takes PackedSeqParams
         spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
     model = PolicyModel(
@@ -118,4 +118,13 @@ def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
         rotary_base=arch.rope_theta, parallel_output=True,
     )
     model.uses_te_names = use_transformer_engine(transformer_engine)
+    _use_hf_rope_frequencies(model, arch)
     return model
+
+
+def _use_hf_rope_frequencies(model: PolicyModel, arch: ModelArch) -> None:
+    """megatron's RoPE knows theta and a fixed Llama 3.1 scaling; the HF config's rope type and
+    scaling fields (Llama 3.2's factor 32, linear) come from the same definition the rollout engine
+    uses. Set before the first forward: megatron caches the embedding per sequence length."""
+    rotary = model.rotary_pos_emb
+    rotary.inv_freq = inverse_frequencies(arch.rope, arch.head_dim).to(rotary.inv_freq.device)

@@ -1,4 +1,4 @@
-"""Pure-torch Llama / Qwen2 forward over a slot KV cache: batched prefill and one-token decode.
+"""Pure-torch Llama / Qwen2 / Qwen3 forward over a slot KV cache: batched prefill and one-token decode.
 
 Numerics follow `transformers` (float32 RMSNorm statistics, float32 RoPE tables, softmax
 attention), so greedy decoding reproduces HF token for token and log-probs agree to float rounding.
@@ -89,6 +89,10 @@ class Decoder:
         cfg = self.cfg
         h = self._norm(x, layer.input_norm)
         qkv = self.gemm.linear(h, operands.qkv, operands.qkv_bias).unflatten(-1, (-1, cfg.head_dim))
+        if cfg.qk_norm:  # Qwen3: every q and k head normalised over head_dim, before RoPE
+            for heads, weight in ((slice(0, cfg.num_heads), layer.q_norm),
+                                  (slice(cfg.num_heads, cfg.num_heads + cfg.num_kv_heads), layer.k_norm)):
+                qkv[:, heads] = self._norm(qkv[:, heads], weight)
         apply_rope_(qkv[:, :cfg.num_heads + cfg.num_kv_heads], cos, signed_sin)  # q and k at once
         return qkv
 

@@ -27,6 +27,8 @@ class LayerWeights:
     post_norm: torch.Tensor
     gate_up: torch.Tensor  # [2 * intermediate, hidden]: gate_proj rows, then up_proj rows
     down_proj: torch.Tensor
+    q_norm: Optional[torch.Tensor] = None  # [head_dim] (Qwen3)
+    k_norm: Optional[torch.Tensor] = None
 
 
 def _split_rows(buffer: torch.Tensor, names: list, sizes: list) -> dict:
@@ -70,6 +72,9 @@ class DecoderWeights:
             down_proj=self._register(f"{prefix}.mlp.down_proj.weight",
                                      empty(cfg.hidden_size, cfg.ffn_hidden_size)),
         )
+        if cfg.qk_norm:
+            layer.q_norm = self._register(f"{prefix}.self_attn.q_norm.weight", empty(cfg.head_dim))
+            layer.k_norm = self._register(f"{prefix}.self_attn.k_norm.weight", empty(cfg.head_dim))
         self.by_name.update(_split_rows(layer.qkv, [f"{n}.weight" for n in attn], qkv_sizes))
         if layer.qkv_bias is not None:
             self.by_name.update(_split_rows(layer.qkv_bias, [f"{n}.bias" for n in attn], qkv_sizes))

@@ -8,7 +8,6 @@ from typing import NamedTuple
 from superrl.config import Config, ConfigError, load_config, validate_launch
 from superrl.distributed import ParallelContext, init_distributed, world_size_from_env
 from superrl.hf_config import ModelArch, load_arch
-from superrl.models.trainable import check_trainable
 from superrl.trainer.memory_plan import check_memory_plan
 from superrl.trainer.sinks import require_sink_packages
 
@@ -38,7 +37,6 @@ def start(args: argparse.Namespace, needs_eval_files: bool = False, logs_metrics
     if logs_metrics:
         require_sink_packages(config.trainer.loggers)
     arch = load_arch(config.model.hf_dir)
-    check_trainable(arch)
     world_size = world_size_from_env()
     validate_launch(config, arch, world_size)
     check_memory_plan(config, arch, world_size)  # on a GPU: refuses a run that cannot fit, before any allocation

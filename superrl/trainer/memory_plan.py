@@ -473,7 +473,7 @@ def vllm_weight_numel(arch: ModelArch, tp: int) -> int:
     h, d = arch.hidden_size, arch.head_dim
     qkv = (arch.num_heads + 2 * arch.num_kv_heads) // tp * d  # launch checks: TP divides both head counts
     attention = qkv * h + (qkv if arch.qkv_bias else 0) + arch.num_heads // tp * d * h
-    layer = 2 * h + attention + 3 * arch.ffn_hidden_size // tp * h
+    layer = 2 * h + (2 * d if arch.qk_norm else 0) + attention + 3 * arch.ffn_hidden_size // tp * h
     vocab = round_up(arch.vocab_size, VLLM_VOCAB_PADDING) // tp * h
     return arch.num_layers * layer + h + vocab * (1 if arch.tied_embeddings else 2)
 

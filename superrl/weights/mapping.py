@@ -41,6 +41,9 @@ def _layer_maps(arch: ModelArch, te_names: bool) -> list:
     if arch.qkv_bias:
         maps.append(ParamMap(L + "self_attention.linear_qkv.bias",
                              tuple(H + f"self_attn.{p}_proj.bias" for p in "qkv"), 0, "qkv"))
+    if arch.qk_norm:  # one [head_dim] weight shared by every head: replicated over TP
+        maps += [ParamMap(L + f"self_attention.{p}_layernorm.weight", (H + f"self_attn.{p}_norm.weight",), None)
+                 for p in "qk"]
     return maps
 
 
@@ -93,6 +96,8 @@ def hf_tensor_shapes(arch: ModelArch) -> dict:
     if arch.qkv_bias:
         per_layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
                           "self_attn.v_proj.bias": (kv,)})
+    if arch.qk_norm:
+        per_layer.update({"self_attn.q_norm.weight": (arch.head_dim,), "self_attn.k_norm.weight": (arch.head_dim,)})
     shapes = {f"model.layers.{i}.{name}": shape for i in range(arch.num_layers) for name, shape in per_layer.items()}
     shapes["model.embed_tokens.weight"] = (arch.vocab_size, h)
     shapes["model.norm.weight"] = (h,)

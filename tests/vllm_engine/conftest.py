@@ -30,11 +30,16 @@ def load_make_tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
-    """arch -> HF directory of a random-init tiny model (llama: tied embeddings; qwen2: qkv bias)."""
+    """name -> HF directory of a random-init tiny model (llama: tied embeddings; qwen2: qkv bias;
+    qwen3: q/k norms, head_dim 128 != hidden / heads; llama3_rope: Llama 3.1 RoPE scaling over an
+    original context of 16 positions)."""
     make_tiny_model = load_make_tiny_model()
     root = tmp_path_factory.mktemp("tiny_models")
     dirs = {}
-    for arch in ("qwen2", "llama"):
-        dirs[arch] = str(root / arch)
-        make_tiny_model.main(["--arch", arch, "--out-dir", dirs[arch], *TINY_MODEL_ARGS])
+    for name, extra in (("qwen2", ["--arch", "qwen2"]), ("llama", ["--arch", "llama"]),
+                        ("qwen3", ["--arch", "qwen3", "--head-dim", "128"]),
+                        ("llama3_rope", ["--arch", "llama", "--rope-scaling", "llama3",
+                                         "--rope-original-max-positions", "16"])):
+        dirs[name] = str(root / name)
+        make_tiny_model.main([*extra, "--out-dir", dirs[name], *TINY_MODEL_ARGS])
     return dirs

@@ -18,7 +18,7 @@ PROMPTS = [[1, 17, 42, 99, 5], [1, 300, 7, 7, 7, 250, 61, 88, 12, 400, 33], [1, 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=["qwen2", "llama", "qwen3", "llama3_rope"])
 def arch(request):
     return request.param
 
