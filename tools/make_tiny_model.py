@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
+from transformers.utils import logging as hf_logging
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -122,6 +123,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    hf_logging.disable_progress_bar()  # one tiny shard: transformers' "Writing model shards" bar is noise
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer(args.vocab, args.seed)
     config, model_cls = build_config(args, tokenizer)
