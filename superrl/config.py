@@ -74,6 +74,10 @@ class RolloutConfig:
 class RewardConfig:
     function: Optional[str] = None  # module:function, overrides the per-source default
     timeout_s: float = 10.0
+    # DAPO overlong shaping (algorithms/overlong.py): a linear penalty, up to overlong_penalty, over
+    # the last overlong_buffer_len tokens before rollout.max_tokens; 0: off
+    overlong_buffer_len: int = 0
+    overlong_penalty: float = 1.0
 
 
 @dataclass
@@ -222,9 +226,14 @@ def check_trainer_settings(config: Config) -> None:
     _require(algorithm.advantage != "rloo" or config.rollout.n >= 2,
              f"algorithm.advantage=rloo needs rollout.n >= 2 responses per prompt, got rollout.n={config.rollout.n}")
     check_rollout_settings(config.rollout, config.data)
-    _require(not (algorithm.kl_in_reward and algorithm.kl_coef > 0),
-             "algorithm.kl_in_reward=true is not supported by the trainer; use the KL loss term "
-             "(algorithm.kl_in_reward=false) with algorithm.kl_coef > 0")
+    check_reward_shaping(config.reward, config.rollout)
+
+
+def check_reward_shaping(reward: RewardConfig, rollout: RolloutConfig) -> None:
+    _require(0 <= reward.overlong_buffer_len <= rollout.max_tokens,
+             f"reward.overlong_buffer_len={reward.overlong_buffer_len} must be in [0, rollout.max_tokens="
+             f"{rollout.max_tokens}] (0: no overlong shaping)")
+    _require(reward.overlong_penalty >= 0, f"reward.overlong_penalty={reward.overlong_penalty} must be >= 0")
 
 
 def check_token_budget(config: Config) -> None:

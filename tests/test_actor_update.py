@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dist_harness import run_torchrun
-from trainer_runs import checkpoint_weights, deterministic_metrics, train, write_config
+from trainer_runs import assert_runs_agree, checkpoint_weights, deterministic_metrics, train, write_config
 from superrl.trainer.metrics import read_metrics
 
 LOSSES = ("loss/", "reward/", "switch/", "grad_norm", "hybrid/", "rollout/logprob_diff_mean")
@@ -26,18 +26,12 @@ def _run(tmp_path, name, tiny_llama, arith_files, *overrides, nproc=1):
 def test_skipping_zero_weight_rows_keeps_losses_and_weights(tmp_path, tiny_llama, arith_files, nproc, layout):
     """per_prompt: SFT-routed prompts' rollouts under hard_gate; always_sft: every rollout row (the
     parity guard then checks a probe row of its own); grpo: zero-advantage groups."""
-    skipped, skipped_weights = _run(tmp_path, "skip", tiny_llama, arith_files, *layout, nproc=nproc)
-    full, full_weights = _run(tmp_path, "full", tiny_llama, arith_files, *layout,
-                              "algorithm.skip_zero_weight_rows=false", nproc=nproc)
-    assert max(r["train/skipped_rollout_row_fraction"] for r in skipped) > 0
-    assert all(r["train/skipped_rollout_row_fraction"] == 0 for r in full)
-    for got, want in zip(skipped, full, strict=True):
-        for key, value in want.items():
-            if key.startswith(LOSSES):
-                assert got[key] == pytest.approx(value, abs=1e-6, rel=1e-6), (got["step"], key)
-    assert skipped_weights.keys() == full_weights.keys()
-    for name, value in full_weights.items():
-        torch.testing.assert_close(skipped_weights[name], value, atol=1e-6, rtol=0, msg=name)
+    skipped = _run(tmp_path, "skip", tiny_llama, arith_files, *layout, nproc=nproc)
+    full = _run(tmp_path, "full", tiny_llama, arith_files, *layout, "algorithm.skip_zero_weight_rows=false",
+                nproc=nproc)
+    assert max(r["train/skipped_rollout_row_fraction"] for r in skipped[0]) > 0
+    assert all(r["train/skipped_rollout_row_fraction"] == 0 for r in full[0])
+    assert_runs_agree(skipped, full, LOSSES)
 
 
 def test_old_logprobs_from_the_training_forward_are_bitwise(tmp_path, tiny_llama, arith_files):

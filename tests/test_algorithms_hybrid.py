@@ -223,12 +223,14 @@ def run_micro_batches(cfg, batch, decision, rollout_splits, expert_splits, *, gr
     scales = build_loss_scales(cfg, decision, batch["mask"], batch["prompt_index"],
                                batch["expert_mask"], batch["expert_prompt_index"],
                                num_micro_batches=len(rollout_splits), group=group,
-                               policy_entropy=entropy_h)
+                               policy_entropy=entropy_h, pg_rows=batch.get("pg_rows"))
+    engine = batch.get("engine_logprobs")  # for algorithm.rollout_correction
     total, metrics = 0.0, {}
     for rows, erows in zip(rollout_splits, expert_splits):
         rollout = RolloutTokens(logprobs=logprobs[rows], old_logprobs=batch["old_logprobs"][rows],
                                 advantages=batch["advantages"][rows], mask=batch["mask"][rows],
-                                entropy=batch["entropy"][rows], ref_logprobs=batch["ref_logprobs"][rows])
+                                entropy=batch["entropy"][rows], ref_logprobs=batch["ref_logprobs"][rows],
+                                engine_logprobs=None if engine is None else engine[rows])
         expert = ExpertTokens(logprobs=expert_logprobs[erows], mask=batch["expert_mask"][erows])
         loss, mb_metrics = hybrid_loss(cfg, scales.rows(rows, erows), rollout, expert, log_sigma)
         loss.backward()

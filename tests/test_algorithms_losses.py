@@ -191,7 +191,7 @@ def test_kl_reward_penalty_subtracts_beta_sum_per_sequence():
     ref = f64([[-0.3, -1.1, -0.7], [-2.0, -0.2, -3.5]])
     mask = f64([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     rewards = f64([1.0, 0.0])
-    got, kl_seq = kl_penalized_rewards(rewards, logp, ref, mask, kl_coef=0.1, estimator="k3")
+    got, kl_seq = kl_penalized_rewards(rewards, kl_per_token(logp, ref, "k3"), mask, kl_coef=0.1)
     for b in range(2):
         kl = sum(_naive_kl(a, r, "k3") for a, r, m in
                  zip(logp[b].tolist(), ref[b].tolist(), mask[b].tolist()) if m)

@@ -46,7 +46,16 @@ def test_bare_off_is_the_off_mode_not_a_boolean(tmp_path):
     ("trainer.prompts_per_step=0", "trainer.prompts_per_step=0 must be >= 1"),
     ("optim.micro_batch_size=0", "optim.micro_batch_size=0 must be >= 1"),
     ("rollout.n=0", "rollout.n=0 must be >= 1"),
-    ("algorithm.kl_in_reward=true algorithm.kl_coef=0.1", "algorithm.kl_in_reward=true is not supported"),
+    ("algorithm.policy_loss=grpo", "algorithm.policy_loss='grpo' is not one of ['ppo_clip', 'gspo', 'cispo']"),
+    ("algorithm.policy_loss=gspo algorithm.dual_clip=3.0",
+     "algorithm.dual_clip=3.0 is invalid: caps PPO's token ratio, so it needs policy_loss=ppo_clip"),
+    ("algorithm.rollout_correction=is",
+     "algorithm.rollout_correction='is' is not one of ['none', 'tis', 'mis', 'seq_tis']"),
+    ("algorithm.rollout_correction_cap=1.0", "algorithm.rollout_correction_cap=1.0 is invalid: must be > 1"),
+    ("reward.overlong_buffer_len=-1", "reward.overlong_buffer_len=-1 must be in [0, rollout.max_tokens=64]"),
+    ("rollout.max_tokens=8 reward.overlong_buffer_len=9", "reward.overlong_buffer_len=9 must be in [0, "
+                                                          "rollout.max_tokens=8]"),
+    ("reward.overlong_penalty=-0.5", "reward.overlong_penalty=-0.5 must be >= 0"),
     ("algorithm.advantage=rloo rollout.n=1", "algorithm.advantage=rloo needs rollout.n >= 2"),
     ("model.dtype=float16", "model.dtype='float16' is not one of float32, bfloat16"),
     ("rollout.dtype=fp8", "rollout.dtype='fp8' is not one of float32, bfloat16"),
@@ -59,8 +68,15 @@ def test_bad_keys_and_values(override, message):
     assert message in str(err.value)
 
 
-def test_kl_in_reward_without_kl_is_accepted():
+def test_kl_in_reward_is_accepted():
     assert load_config(None, ["algorithm.kl_in_reward=true"]).algorithm.kl_in_reward
+    assert load_config(None, ["algorithm.kl_in_reward=true", "algorithm.kl_coef=0.1"]).algorithm.kl_coef == 0.1
+
+
+def test_policy_loss_and_shaping_default_to_plain_ppo_clip():
+    config = load_config(None, [])
+    assert config.algorithm.policy_loss == "ppo_clip" and config.algorithm.rollout_correction == "none"
+    assert config.reward.overlong_buffer_len == 0 and not config.algorithm.mask_truncated
 
 
 @pytest.mark.parametrize("kwargs,message", [

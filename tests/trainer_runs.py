@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -30,6 +31,20 @@ def checkpoint_weights(checkpoint_dir, tmp_path) -> dict:
     state = torch.load(out, weights_only=False)  # our own conversion of our own test checkpoint
     return {k: v for k, v in state.items() if not k.startswith(("optimizer", "scheduler"))
             and isinstance(v, torch.Tensor)}
+
+
+def assert_runs_agree(got: tuple, want: tuple, prefixes: tuple, tol: float = 1e-6) -> None:
+    """Two runs' (metrics rows, checkpoint weights): the same steps, and every metric whose key starts
+    with one of `prefixes` and every weight within `tol` (sums in another order are not bitwise)."""
+    (got_rows, got_weights), (want_rows, want_weights) = got, want
+    assert [r["step"] for r in got_rows] == [r["step"] for r in want_rows]
+    for got_row, want_row in zip(got_rows, want_rows):
+        for key, value in want_row.items():
+            if key.startswith(prefixes):
+                assert got_row[key] == pytest.approx(value, abs=tol, rel=tol), (got_row["step"], key)
+    assert got_weights.keys() == want_weights.keys()
+    for name, value in want_weights.items():
+        torch.testing.assert_close(got_weights[name], value, atol=tol, rtol=0, msg=name)
 
 
 def make_arith_files(directory) -> None:

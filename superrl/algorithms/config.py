@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
+POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
+ROLLOUT_CORRECTIONS = ("none", "tis", "mis", "seq_tis")
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 SWITCH_MODES = ("off", "always_sft", "probe", "per_prompt", "adv_gate", "window")
@@ -97,18 +99,26 @@ class HybridConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """`algorithm.*`: advantages, PPO-clip policy loss, KL, entropy bonus, switch, hybrid actor.
+    """`algorithm.*`: advantages, policy loss, rollout correction, KL, entropy bonus, switch, hybrid actor.
 
     advantage:    grpo | rloo | reinforce_pp.
     norm_by_std:  grpo divides by the group std (False: Dr.GRPO, mean-centering only).
     adv_eps:      eps in A = (R - mean) / (std + eps).
-    clip_low, clip_high: PPO ratio clip range [1 - clip_low, 1 + clip_high] (DAPO clip-higher).
-    dual_clip:    None (off) or c > 1: for A < 0 the per-token loss is capped at -A * c.
+    policy_loss:  ppo_clip | gspo | cispo (policy_loss.py; docs/policy_losses.md).
+    clip_low, clip_high: the clip range [1 - clip_low, 1 + clip_high] of the policy loss's ratio:
+                  PPO's token ratio (DAPO clip-higher), GSPO's sequence ratio, CISPO's IS weight.
+    dual_clip:    None (off) or c > 1: for A < 0 the per-token loss is capped at -A * c (ppo_clip).
     loss_agg:     token_mean | seq_mean_token_sum | seq_mean_token_mean, for PG, SFT, KL, entropy.
+    rollout_correction: none | tis | mis | seq_tis: the per-token PG loss is weighted by the
+                  trainer-vs-engine probability ratio of the sampled tokens (rollout_correction.py).
+    rollout_correction_cap: C of the correction: tis/seq_tis truncate the weight at C, mis masks
+                  tokens whose ratio lies outside [1/C, C].
+    mask_truncated: responses that hit rollout.max_tokens without EOS are left out of L_PG and its
+                  normaliser (DAPO's overlong filtering).
     kl_coef:      beta of the KL to the frozen reference policy (0: no KL, no reference needed).
     kl_estimator: k1 | k2 | k3.
-    kl_in_reward: True: subtract beta * sum_t KL_t from each response's reward before the
-                  advantages; False: add beta * KL as a loss term.
+    kl_in_reward: True: subtract beta * sum_t KL_t (old policy vs reference) from each response's
+                  reward before the advantages; False: add beta * KL as a loss term.
     entropy_coef: entropy bonus; the loss gets -entropy_coef * aggregated token entropy.
     ppo_mini_batches: optimizer steps per rollout batch; each takes a contiguous 1/M of every DP
                   rank's prompts, normalised by its own global counts (verl's ppo_mini_batch_size).
@@ -121,10 +131,14 @@ class AlgorithmConfig:
     advantage: str = "grpo"
     norm_by_std: bool = True
     adv_eps: float = 1e-6
+    policy_loss: str = "ppo_clip"
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: Optional[float] = None
     loss_agg: str = "token_mean"
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0  # verl's rollout_is_threshold and the TIS blog's C
+    mask_truncated: bool = False
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
@@ -138,13 +152,20 @@ class AlgorithmConfig:
 
     def validate(self) -> None:
         check_choice("algorithm.advantage", self.advantage, ADVANTAGE_ESTIMATORS)
+        check_choice("algorithm.policy_loss", self.policy_loss, POLICY_LOSSES)
         check_choice("algorithm.loss_agg", self.loss_agg, LOSS_AGG_MODES)
+        check_choice("algorithm.rollout_correction", self.rollout_correction, ROLLOUT_CORRECTIONS)
         check_choice("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _check(self.adv_eps >= 0, "algorithm.adv_eps", self.adv_eps, "must be >= 0")
         _check(0 <= self.clip_low < 1, "algorithm.clip_low", self.clip_low, "must be in [0, 1)")
         _check(self.clip_high >= 0, "algorithm.clip_high", self.clip_high, "must be >= 0")
         _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip",
                self.dual_clip, "must be null (off) or > 1")
+        _check(self.dual_clip is None or self.policy_loss == "ppo_clip", "algorithm.dual_clip",
+               self.dual_clip, f"caps PPO's token ratio, so it needs policy_loss=ppo_clip "
+               f"(policy_loss={self.policy_loss!r})")
+        _check(self.rollout_correction_cap > 1, "algorithm.rollout_correction_cap",
+               self.rollout_correction_cap, "must be > 1 (tis/seq_tis truncate at C, mis keeps [1/C, C])")
         _check(self.kl_coef >= 0, "algorithm.kl_coef", self.kl_coef, "must be >= 0")
         _check(self.entropy_coef >= 0, "algorithm.entropy_coef", self.entropy_coef,
                "must be >= 0")

@@ -36,6 +36,17 @@ def all_reduce_sum(values: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     return buf.to(values.device)
 
 
+def all_reduce_max(values: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Detached float64 MAX of `values` over `group` (a plain float64 copy when group is None), on
+    the host. Maxima are the one statistic a sum of counts cannot give."""
+    out = values.detach().to(torch.float64)
+    if group is None:
+        return out.cpu().clone()
+    buf = out.to(comm_device(group))
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
+    return buf.cpu()
+
+
 def count_vector(*values) -> torch.Tensor:
     """float64 CPU vector from python numbers or 0-dim tensors (any device), for all_reduce_sum."""
     return torch.tensor([float(v) for v in values], dtype=torch.float64)

@@ -36,6 +36,11 @@ global batch is routed to SFT); otherwise the loss is plain RL, L = L_PG, for ev
 In fixed/log_sigma/entropy, L_PG covers all rollouts and L_SFT the y* of SFT-routed prompts, each
 normalised over the global batch by `loss_agg`. The KL term (+kl_coef * KL, unless kl_in_reward) and
 the entropy bonus (-entropy_coef * H) are aggregated like L_PG over all rollouts.
+
+L_PG's per-token loss is `algorithm.policy_loss`'s (policy_loss.py), times the rollout-correction
+weight of the token when `algorithm.rollout_correction` is set (rollout_correction.py). Rows left
+out of L_PG (`pg_rows`, e.g. truncated responses under `algorithm.mask_truncated`) are out of its
+normaliser too; the KL and entropy terms still cover them.
 """
 import math
 from dataclasses import dataclass, replace
@@ -48,7 +53,8 @@ from superrl.algorithms.config import AlgorithmConfig, HybridConfig
 from superrl.algorithms.counts import (ProcessGroup, TokenCounts, all_reduce_sum, count_vector,
                                        valid_rows)
 from superrl.algorithms.kl import kl_per_token
-from superrl.algorithms.policy_loss import aggregate, ppo_clip_loss
+from superrl.algorithms.policy_loss import aggregate, policy_token_loss
+from superrl.algorithms.rollout_correction import correction_weights
 from superrl.algorithms.sft_loss import sft_loss
 from superrl.algorithms.switch import SwitchDecision
 
@@ -65,6 +71,7 @@ class RolloutTokens:
     mask: torch.Tensor                           # response-token mask
     entropy: Optional[torch.Tensor] = None       # token entropy of pi_theta (bonus + metric)
     ref_logprobs: Optional[torch.Tensor] = None  # log pi_ref(y_t) (KL loss + metric)
+    engine_logprobs: Optional[torch.Tensor] = None  # log pi_engine(y_t) the engine sampled with (rollout correction)
 
 
 @dataclass
@@ -79,7 +86,7 @@ class LossScales:
     """Per-row gates/denominators and step constants built once per optimizer step."""
     pg_gate: torch.Tensor     # [B] 1 = row's PG term counts
     pg_denom: torch.Tensor    # [B] global (or per-prompt, hard_gate) normaliser of L_PG
-    aux_denom: torch.Tensor   # [B] global normaliser of the KL / entropy terms
+    aux_denom: torch.Tensor   # [B] global normaliser of the KL / entropy terms (every rollout row)
     sft_gate: torch.Tensor    # [Be] 1 = row's prompt is routed to SFT
     sft_denom: torch.Tensor   # [Be] normaliser of L_SFT
     num_tokens: float         # global response tokens of the forwarded rollout rows (token-mean metrics)
@@ -170,11 +177,14 @@ def build_loss_scales(cfg: AlgorithmConfig, decision: SwitchDecision, response_m
                       expert_prompt_index: Optional[torch.Tensor] = None, *,
                       num_micro_batches: int = 1, group: ProcessGroup = None,
                       policy_entropy: Optional[float] = None,
-                      forwarded_rows: Optional[torch.Tensor] = None) -> LossScales:
+                      forwarded_rows: Optional[torch.Tensor] = None,
+                      pg_rows: Optional[torch.Tensor] = None) -> LossScales:
     """Gates and DP-global normalisers of one optimizer step, from ALL its local rows (one
     all-reduce). Shapes in the module docstring; slice the result per micro-batch with `.rows()`.
     `forwarded_rows` (bool [B], default all): the rollout rows the step forwards; rows left out
-    must have zero weight (the loss is unchanged), and the token-mean metrics cover the others."""
+    must have zero weight (the loss is unchanged), and the token-mean metrics cover the others.
+    `pg_rows` (bool [B], default all): the rollout rows L_PG covers; the others are out of L_PG and
+    of its normalisers (but not of the KL and entropy terms')."""
     agg, hybrid_cfg = cfg.loss_agg, cfg.hybrid
     gates = decision.gates.to(response_mask.device)
     num_local_prompts = gates.shape[0]
@@ -187,13 +197,16 @@ def build_loss_scales(cfg: AlgorithmConfig, decision: SwitchDecision, response_m
     if num_micro_batches < 1:
         raise ValueError(f"num_micro_batches={num_micro_batches} must be >= 1")
 
-    pg_gate = gates[prompt_index].to(torch.float64)
+    pg_row = (torch.ones(response_mask.shape[0], dtype=torch.float64, device=response_mask.device)
+              if pg_rows is None else pg_rows.to(device=response_mask.device, dtype=torch.float64))
+    pg_mask = response_mask * pg_row[:, None].to(response_mask.dtype)
     sft_gate = 1.0 - gates[expert_prompt_index].to(torch.float64)
     sft_mask = expert_mask * sft_gate[:, None].to(expert_mask.dtype)
     forwarded = response_mask.sum(dim=-1) if forwarded_rows is None else response_mask[forwarded_rows].sum(dim=-1)
-    local = count_vector(response_mask.sum(), valid_rows(response_mask).sum(), sft_mask.sum(),
-                         valid_rows(sft_mask).sum(), num_micro_batches, forwarded.sum())
-    pg_tokens, pg_seqs, sft_tokens, sft_seqs, total_micro_batches, forwarded_tokens = (
+    local = count_vector(pg_mask.sum(), valid_rows(pg_mask).sum(), response_mask.sum(),
+                         valid_rows(response_mask).sum(), sft_mask.sum(), valid_rows(sft_mask).sum(),
+                         num_micro_batches, forwarded.sum())
+    pg_tokens, pg_seqs, aux_tokens, aux_seqs, sft_tokens, sft_seqs, total_micro_batches, forwarded_tokens = (
         all_reduce_sum(local, group).tolist())
     pg_counts, sft_counts = TokenCounts(pg_tokens, pg_seqs), TokenCounts(sft_tokens, sft_seqs)
     hybrid_active = sft_seqs > 0
@@ -201,16 +214,17 @@ def build_loss_scales(cfg: AlgorithmConfig, decision: SwitchDecision, response_m
     if hybrid_active and hybrid_cfg.weighting == "entropy" and policy_entropy is None:
         raise ValueError("algorithm.hybrid.weighting='entropy' needs policy_entropy (the detached "
                          "DP-global mean token entropy, e.g. counts.global_token_mean)")
-    aux_denom = torch.full_like(pg_gate, pg_counts.denominator(agg))
+    aux_denom = torch.full_like(pg_row, TokenCounts(aux_tokens, aux_seqs).denominator(agg))
     if hybrid_active and hybrid_cfg.weighting == "hard_gate":
         # per-prompt normalisation inside the mean over the P global prompts
-        pg_per_prompt = _per_prompt_counts(response_mask, prompt_index, num_local_prompts, agg)
+        pg_per_prompt = _per_prompt_counts(pg_mask, prompt_index, num_local_prompts, agg)
         sft_per_prompt = _per_prompt_counts(expert_mask, expert_prompt_index, num_local_prompts, agg)
+        pg_gate = pg_row * gates[prompt_index].to(torch.float64)
         pg_denom = decision.num_prompts * pg_per_prompt[prompt_index]
         sft_denom = decision.num_prompts * sft_per_prompt[expert_prompt_index]
     else:
-        pg_gate = torch.ones_like(pg_gate)
-        pg_denom = aux_denom
+        pg_gate = pg_row
+        pg_denom = torch.full_like(pg_row, pg_counts.denominator(agg))
         sft_denom = torch.full_like(sft_gate, sft_counts.denominator(agg))
     return LossScales(pg_gate=pg_gate, pg_denom=pg_denom, aux_denom=aux_denom, sft_gate=sft_gate,
                       sft_denom=sft_denom, num_tokens=forwarded_tokens, hybrid_active=hybrid_active,
@@ -233,13 +247,12 @@ def _rollout_terms(cfg: AlgorithmConfig, scales: LossScales, rollout: RolloutTok
     """PG / KL / entropy loss terms and token-mean metrics of the rollout rows."""
     _check_rows("rollout micro-batch", rollout.logprobs, scales.pg_gate.shape[0])
     mask = rollout.mask.to(rollout.logprobs.dtype)
-    ppo = ppo_clip_loss(rollout.logprobs, rollout.old_logprobs, rollout.advantages,
-                        cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+    token_loss = policy_token_loss(cfg, rollout.logprobs, rollout.old_logprobs, rollout.advantages, mask)
     pg_mask = mask * scales.pg_gate[:, None].to(mask.dtype)
     terms = {
-        "pg": aggregate(ppo.loss, pg_mask, cfg.loss_agg, scales.pg_denom),
-        "clip_frac": _token_mean_share(ppo.clipped.to(mask.dtype), mask, scales.num_tokens),
-        "dual_clip_frac": _token_mean_share(ppo.dual_clipped.to(mask.dtype), mask, scales.num_tokens),
+        "pg": aggregate(token_loss.loss * _correction(cfg, rollout, mask), pg_mask, cfg.loss_agg, scales.pg_denom),
+        "clip_frac": _token_mean_share(token_loss.clipped.to(mask.dtype), mask, scales.num_tokens),
+        "dual_clip_frac": _token_mean_share(token_loss.dual_clipped.to(mask.dtype), mask, scales.num_tokens),
         "kl": zero, "kl_metric": zero, "entropy": zero, "entropy_metric": zero,
     }
     if rollout.ref_logprobs is not None:
@@ -254,6 +267,16 @@ def _rollout_terms(cfg: AlgorithmConfig, scales: LossScales, rollout: RolloutTok
     elif cfg.entropy_coef > 0:
         raise ValueError("algorithm.entropy_coef > 0 needs rollout.entropy")
     return terms
+
+
+def _correction(cfg: AlgorithmConfig, rollout: RolloutTokens, mask: torch.Tensor) -> Weight:
+    """The rollout-correction weight of each token's PG loss (1.0 without a correction)."""
+    if cfg.rollout_correction == "none":
+        return 1.0
+    if rollout.engine_logprobs is None:
+        raise ValueError(f"algorithm.rollout_correction={cfg.rollout_correction!r} needs rollout.engine_logprobs")
+    return correction_weights(rollout.old_logprobs, rollout.engine_logprobs, mask, cfg.rollout_correction,
+                              cfg.rollout_correction_cap).to(mask.dtype)
 
 
 def _combine(cfg: HybridConfig, scales: LossScales, pg: torch.Tensor, sft: torch.Tensor,

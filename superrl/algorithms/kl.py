@@ -8,9 +8,13 @@ KL Divergence"):
 
 Two uses (`algorithm.kl_in_reward`):
   * loss term (False): `hybrid_loss` adds kl_coef * aggregate(kl_per_token(...)).
-  * reward penalty (True): before computing advantages, the trainer calls
-    `kl_penalized_rewards(rewards, rollout_logprobs, ref_logprobs, mask, kl_coef, estimator)`,
-    which returns R_k - beta * sum_t KL_t per response (no gradient flows: it shapes the reward).
+  * reward penalty (True): before computing advantages, the trainer takes the per-token KL of the
+    old (rollout) policy to the reference, KL_t = kl_per_token(old_logprobs, ref_logprobs), and
+    `kl_penalized_rewards` folds it into the outcome reward, R - beta * sum_t KL_t per response (no
+    gradient flows: it shapes the reward). The outcome advantages (grpo, rloo, reinforce_pp) then
+    normalise the penalised rewards, as verl does for GRPO with kl_in_reward: its token-level
+    rewards -beta * KL_t (+ R on the last token) are summed per response before the group
+    statistics. A per-token estimator (GAE) would use KL_t itself.
 """
 import torch
 
@@ -31,15 +35,13 @@ def _k3(log_ratio: torch.Tensor) -> torch.Tensor:
     return torch.exp(-log_ratio) - 1.0 + log_ratio
 
 
-def kl_penalized_rewards(rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         mask: torch.Tensor, kl_coef: float, estimator: str
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward penalty: R_b - kl_coef * sum_t mask[b, t] * KL_t, detached.
+def kl_penalized_rewards(rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor,
+                         kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward penalty: R_b - kl_coef * sum_t mask[b, t] * KL_bt, detached.
 
-    rewards [B] (one per response; a [P, K] matrix flattened row-major), logprobs [B, T] of the
-    rollout policy, ref_logprobs [B, T], mask [B, T]. Returns (penalised rewards [B], KL per
-    sequence [B]).
+    rewards [B] (one per response; a [P, K] matrix flattened row-major), token_kl [B, T] (e.g.
+    kl_per_token of the rollout policy's and the reference's log-probs), mask [B, T] on the
+    response tokens. Returns (penalised rewards [B], KL per sequence [B]).
     """
-    kl = kl_per_token(logprobs.detach(), ref_logprobs, estimator)
-    kl_per_seq = (kl * mask.to(kl.dtype)).sum(dim=-1)
+    kl_per_seq = torch.where(mask.bool(), token_kl.detach(), 0.0).sum(dim=-1)
     return rewards - kl_coef * kl_per_seq.to(rewards.dtype), kl_per_seq

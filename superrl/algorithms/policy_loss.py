@@ -1,4 +1,6 @@
-"""PPO-clip policy loss (clip-higher, dual-clip) and the loss aggregation shared by every term.
+"""Per-token policy losses (`algorithm.policy_loss`: PPO-clip, GSPO, CISPO) and the loss
+aggregation shared by every term. Equations and the differences from the papers:
+docs/policy_losses.md.
 
 Shapes: per-token tensors are `[B, T]` (B sequences of one micro-batch, right-padded to T) with a
 `mask [B, T]` that is 1 on the tokens that count (response tokens, or expert tokens y*).
@@ -54,31 +56,33 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, loss_agg: str,
 
 
 @dataclass
-class PPOTokenLoss:
-    """Per-token PPO terms, all `[B, T]` and unmasked (apply the mask when aggregating)."""
+class PolicyTokenLoss:
+    """Per-token policy-loss terms, all `[B, T]` and unmasked (apply the mask when aggregating)."""
     loss: torch.Tensor          # differentiable per-token loss
-    clipped: torch.Tensor       # bool: the ratio clip is active (its gradient is zero)
-    dual_clipped: torch.Tensor  # bool: the dual-clip cap -A * c is active
-    ratio: torch.Tensor         # detached pi_theta / pi_old
+    clipped: torch.Tensor       # bool: the clip is active (PPO/GSPO: zero gradient; CISPO: weight clipped)
+    dual_clipped: torch.Tensor  # bool: the dual-clip cap -A * c is active (ppo_clip only)
+    ratio: torch.Tensor         # detached ratio the clip acts on (token, or GSPO's sequence ratio)
 
 
-def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                  clip_low: float, clip_high: float,
-                  dual_clip: Optional[float] = None) -> PPOTokenLoss:
-    """PPO-clip loss per token: max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)).
+def _column(advantages: torch.Tensor) -> torch.Tensor:
+    """Detached advantages as [B, T] or [B, 1] (one per response, broadcast to its tokens)."""
+    return (advantages[:, None] if advantages.dim() == 1 else advantages).detach()
+
+
+def _token_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
+    return (logprobs - old_logprobs.detach()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+
+
+def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float,
+                      dual_clip: Optional[float] = None) -> PolicyTokenLoss:
+    """max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) per token for a differentiable ratio r.
 
     With `dual_clip = c > 1`, tokens with A < 0 are further capped at -A * c, so a huge ratio on a
     negative-advantage token cannot blow up the loss (Ye et al. 2020).
-
-    logprobs [B, T] (requires grad), old_logprobs [B, T], advantages [B, T] or [B] (broadcast).
     """
     if dual_clip is not None and dual_clip <= 1:
         raise ValueError(f"dual_clip={dual_clip!r} must be None or > 1")
-    if advantages.dim() == 1:
-        advantages = advantages[:, None]
-    advantages = advantages.detach()
-    log_ratio = (logprobs - old_logprobs.detach()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-    ratio = torch.exp(log_ratio)
+    advantages = _column(advantages)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -89,5 +93,58 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
         cap = -advantages * dual_clip
         is_dual_clipped = (advantages < 0) & (loss > cap)
         loss = torch.where(is_dual_clipped, cap.expand_as(loss), loss)
-    return PPOTokenLoss(loss=loss, clipped=is_clipped, dual_clipped=is_dual_clipped,
-                        ratio=ratio.detach())
+    return PolicyTokenLoss(loss=loss, clipped=is_clipped, dual_clipped=is_dual_clipped,
+                           ratio=ratio.detach())
+
+
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  clip_low: float, clip_high: float,
+                  dual_clip: Optional[float] = None) -> PolicyTokenLoss:
+    """PPO-clip on the token ratio r_t = pi_theta(y_t) / pi_old(y_t) (_clipped_surrogate).
+
+    logprobs [B, T] (requires grad), old_logprobs [B, T], advantages [B, T] or [B] (broadcast).
+    """
+    ratio = torch.exp(_token_log_ratio(logprobs, old_logprobs))
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
+
+
+def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, clip_low: float, clip_high: float) -> PolicyTokenLoss:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071) in its token form ("GSPO-token").
+
+    The ratio is the sequence's length-normalised likelihood ratio
+        s_i = exp(1/|y_i| sum_t log(pi_theta(y_it) / pi_old(y_it)))
+    and each token carries s_it = sg[s_i] * pi_theta(y_it) / sg[pi_theta(y_it)]: its value is s_i
+    (so the clip acts on the whole sequence at once) and its gradient s_i * grad log pi_theta(y_it).
+    With one advantage per response and `seq_mean_token_mean` this is the paper's sequence objective
+    exactly, gradient included. mask [B, T] selects the response tokens of the mean.
+    """
+    seq_log_ratio = row_reduce(_token_log_ratio(logprobs, old_logprobs).detach(), mask, "seq_mean_token_mean")
+    ratio = torch.exp(logprobs - logprobs.detach() + seq_log_ratio[:, None])
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+
+
+def cispo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+               clip_low: float, clip_high: float) -> PolicyTokenLoss:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) A log pi_theta(y_t).
+
+    The importance weight is clipped and detached instead of the update: every token keeps its
+    gradient -w_t A grad log pi_theta(y_t), clipped ones included (PPO drops theirs).
+    """
+    ratio = torch.exp(_token_log_ratio(logprobs, old_logprobs)).detach()
+    weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = -_column(advantages) * weight * logprobs
+    return PolicyTokenLoss(loss=loss, clipped=weight != ratio,
+                           dual_clipped=torch.zeros_like(ratio, dtype=torch.bool), ratio=ratio)
+
+
+def policy_token_loss(cfg, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor) -> PolicyTokenLoss:
+    """The loss `cfg.policy_loss` names (an AlgorithmConfig, checked when the config is loaded)."""
+    losses = {
+        "ppo_clip": lambda: ppo_clip_loss(logprobs, old_logprobs, advantages, cfg.clip_low, cfg.clip_high,
+                                          cfg.dual_clip),
+        "gspo": lambda: gspo_loss(logprobs, old_logprobs, advantages, mask, cfg.clip_low, cfg.clip_high),
+        "cispo": lambda: cispo_loss(logprobs, old_logprobs, advantages, cfg.clip_low, cfg.clip_high),
+    }
+    return losses[cfg.policy_loss]()  # exhaustive: an unknown name is a KeyError, never another loss

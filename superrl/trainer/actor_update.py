@@ -8,7 +8,8 @@ forward's own log-prob, detached: the PPO ratio is exp(0) = 1 bit for bit, as a 
 compute it. A separate forward before the update is run only where it differs or is needed first:
 several optimizer steps per batch, the `entropy` weighting (its H scales the loss), or
 `algorithm.recompute_old_logprobs`. Either way the parity guard compares them with the engine's
-before the first optimizer step.
+before the first optimizer step, and with `algorithm.rollout_correction` the correction weights'
+statistics are logged there (rollout_correction.py).
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -22,6 +23,7 @@ from superrl.algorithms.hybrid import (ExpertTokens, LogSigmaWeights, RolloutTok
                                        hybrid_loss)
 from superrl.trainer.batching import EXPERT, ROLLOUT, target_mask
 from superrl.trainer.mini_batches import MiniBatch
+from superrl.trainer.rollout_correction import attach_engine_logprobs, correction_step_metrics
 from superrl.trainer.step import IGNORE, accumulate_gradients, apply_gradients, forward_outputs, model_device
 
 # (pairs of (micro-batches with old log-probs, the engine's log-probs)) -> parity metrics; collective
@@ -68,7 +70,8 @@ def loss_scales(cfg: AlgorithmConfig, mini: MiniBatch, device: torch.device):
     return build_loss_scales(cfg, mini.decision, target_mask(rollout.rows).to(device), rollout.prompt_index.to(device),
                              target_mask(experts.rows).to(device), experts.prompt_index.to(device),
                              num_micro_batches=len(mini.micro_batches), group=mpu.get_data_parallel_group(),
-                             policy_entropy=entropy, forwarded_rows=mini.forwarded.to(device))
+                             policy_entropy=entropy, forwarded_rows=mini.forwarded.to(device),
+                             pg_rows=mini.pg_rows.to(device))
 
 
 def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma: Optional[LogSigmaWeights],
@@ -84,9 +87,10 @@ def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma: Optional[L
         r, e = (kind == ROLLOUT).nonzero().squeeze(1), (kind == EXPERT).nonzero().squeeze(1)
         rollout = None
         if len(r):
-            ref = mb.ref_logprobs
+            ref, engine = mb.ref_logprobs, mb.engine_logprobs
             rollout = RolloutTokens(logprobs[r], old_logprobs[r], advantages[index[r]].to(logprobs.dtype),
-                                    mask[r], entropy[r], None if ref is None else ref[r])
+                                    mask[r], entropy[r], None if ref is None else ref[r],
+                                    None if engine is None else engine[r])
         # a micro-batch of padding rows only still takes its share of the step's constants and
         # reports every metric key (DP ranks reduce the same keys)
         expert = ExpertTokens(logprobs[e], mask[e]) if len(e) or rollout is None else None
@@ -107,20 +111,31 @@ def _parity_pairs(model, minis: list, pack) -> list:
     return [(probe, minis[0].engine_logprobs)]
 
 
+def _mismatch_metrics(model, cfg: AlgorithmConfig, minis: list, check_parity: ParityCheck, pack) -> dict:
+    """Collective, once the old log-probs are attached: the parity guard (which stops the run when
+    the engine disagrees) and the rollout correction's statistics."""
+    metrics = check_parity(_parity_pairs(model, minis, pack))
+    if cfg.rollout_correction != "none":
+        metrics.update(correction_step_metrics(cfg, minis))
+    return metrics
+
+
 def update_actor(state, cfg: AlgorithmConfig, minis: list, features: list, check_parity: ParityCheck,
                  pack: Callable[[list], list]) -> dict:
-    """Every optimizer step on one rollout batch; returns the mean of their metrics and the
-    parity guard's (which stops the run before the first optimizer step). `pack` as in
-    mini_batches.split_mini_batches."""
+    """Every optimizer step on one rollout batch; returns the mean of their metrics, the parity
+    guard's (which stops the run before the first optimizer step) and the rollout correction's.
+    `pack` as in mini_batches.split_mini_batches."""
     model, on_policy = state.model, not needs_old_logprob_pass(cfg)
     updates = [ActorUpdate(m.micro_batches) for m in minis]
+    if cfg.rollout_correction != "none":
+        attach_engine_logprobs(minis)
     if not on_policy:
         for m in minis:
             attach_old_logprobs(model, m.micro_batches)
     for update in updates:
         for feature in features:
             feature.before_update(update)
-    parity = None if on_policy else check_parity(_parity_pairs(model, minis, pack))
+    mismatch = None if on_policy else _mismatch_metrics(model, cfg, minis, check_parity, pack)
     device, history = model_device(model), []
     for _ in range(cfg.ppo_epochs):
         for m, update in zip(minis, updates):
@@ -131,12 +146,12 @@ def update_actor(state, cfg: AlgorithmConfig, minis: list, features: list, check
             if on_policy:  # the one step: its forward gave the old log-probs
                 for mb, (logprobs, entropy) in zip(m.micro_batches, outputs):
                     mb.old_logprobs, mb.old_entropy = logprobs, entropy
-                parity = check_parity(_parity_pairs(model, minis, pack))
+                mismatch = _mismatch_metrics(model, cfg, minis, check_parity, pack)
             metrics.update(apply_gradients(state, metrics))
             for feature in features:
                 feature.after_update(metrics)
             history.append(metrics)
-    return {**_mean_over_steps(history), **parity}
+    return {**_mean_over_steps(history), **mismatch}
 
 
 def _mean_over_steps(history: list) -> dict:

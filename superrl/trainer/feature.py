@@ -19,6 +19,13 @@ class TrainerFeature:
     def start(self, trainer, logger) -> None:
         """Once per run, after any resume and the first weight sync, before the first step."""
 
+    def shape_rewards(self, rewards, rows, model, pack) -> tuple:
+        """Every step, before the advantages: `rewards` [P, K] (the task reward, already shaped by
+        what came before), `rows` the step's local rollout rows (a batching.RowSet, prompt-major
+        like the rewards), `model` the policy, `pack` builds micro-batches of rows. Returns the
+        rewards the advantages see and metrics. Collective where it runs models."""
+        return rewards, {}
+
     def before_update(self, update) -> None:
         """Every step, for each mini-batch's actor_update.ActorUpdate, before any optimizer step
         (after the old-log-prob pass, when one runs: actor_update.py)."""

@@ -31,6 +31,7 @@ from superrl.trainer.parity import guard_parity, parity_tolerance
 from superrl.trainer.preemption import Preempted, PreemptionWatch
 from superrl.trainer.probe import RewardProbe
 from superrl.trainer.reference_kl import ReferenceKL
+from superrl.trainer.reward_shaping import shaped_rewards
 from superrl.trainer.rollout_placement import data_parallel_slice, engine_placement
 from superrl.weights.megatron_checkpoint import checkpoint_metadata
 
@@ -120,24 +121,33 @@ class Trainer:
         return self._step_metrics(metrics, decision, rollouts, minis, timings)
 
     def _update_actor(self, examples: list, rollouts) -> tuple:
-        """Advantages, the switch's decision, then the optimizer steps on rollout and expert rows;
-        returns (metrics, decision, [MiniBatch])."""
+        """Shaped rewards, advantages, the switch's decision, then the optimizer steps on rollout and
+        expert rows; returns (metrics, decision, [MiniBatch])."""
         algorithm, dp_group = self.config.algorithm, mpu.get_data_parallel_group()
-        advantages = compute_advantages(rollouts.rewards, algorithm.advantage, algorithm.norm_by_std,
-                                        algorithm.adv_eps, group=dp_group)
-        has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
-        decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
-                                      advantages=advantages, sources=[ex.data_source for ex in examples],
-                                      group=dp_group)
         pack = functools.partial(batching.pack_micro_batches, micro_batch_size=self.config.optim.micro_batch_size,
                                  pad_id=self.tokenizer.pad_token_id, uniform_width=self.ctx.pp_size > 1,
                                  max_tokens=self.config.optim.max_tokens_per_micro_batch)
+        rows = batching.rollout_rows(examples, rollouts.response_ids)
+        rewards, shaping_metrics = shaped_rewards(self.config, rollouts, rows, self.features, self.state.model, pack)
+        advantages = self._advantages(rewards)
+        # the switch gates on the task reward (SPEC section 2); adv_gate on the task reward's advantages
+        task_advantages = advantages if rewards is rollouts.rewards else self._advantages(rollouts.rewards)
+        has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
+        decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
+                                      advantages=task_advantages, sources=[ex.data_source for ex in examples],
+                                      group=dp_group)
         minis = split_mini_batches(algorithm, examples, rollouts, advantages, decision, pack, dp_group)
         # every step follows a weight sync: an engine that disagrees stops the run before the update
         tolerance, step = parity_tolerance(self.config), self.step + 1
         metrics = update_actor(self.state, algorithm, minis, self.features,
                                lambda pairs: guard_parity(pairs, tolerance, step), pack)
+        metrics.update(shaping_metrics)  # with the KL in the reward, its actor/kl replaces the loss's 0
         return metrics, decision, minis
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        algorithm = self.config.algorithm
+        return compute_advantages(rewards, algorithm.advantage, algorithm.norm_by_std, algorithm.adv_eps,
+                                  group=mpu.get_data_parallel_group())
 
     def _step_metrics(self, metrics: dict, decision, rollouts, minis: list, timings: dict) -> dict:
         eps = self.config.algorithm.switch.eps

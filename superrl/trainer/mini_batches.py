@@ -7,8 +7,10 @@ loss scales, but only the rows that carry gradient are packed into micro-batches
 
 A rollout row carries no gradient when its weight in the loss is exactly zero:
 * under `hard_gate`, while the hybrid is active, the rows of prompts routed to SFT (gate 0);
-* the rows of a zero-advantage group (PPO's loss -A r is 0, and so is its gradient).
-Only when nothing else reads those rows: the KL term and the entropy bonus aggregate over every
+* the rows of a zero-advantage group (every policy loss is -A times something: 0, and so is its
+  gradient);
+* truncated responses under `algorithm.mask_truncated` (left out of L_PG).
+Only when nothing else reads those rows: the KL loss term and the entropy bonus aggregate over every
 rollout, and the `entropy` weighting's H is the mean entropy of every rollout token; with any of
 them, or `algorithm.skip_zero_weight_rows=false`, every row is forwarded.
 """
@@ -30,25 +32,27 @@ class MiniBatch:
     experts: RowSet  # the expert rows of its prompts routed to SFT
     decision: SwitchDecision  # its prompts' gates; num_prompts of the global mini-batch
     advantages: torch.Tensor  # [rollout rows]
-    engine_logprobs: list  # [P][K] the engine's log-probs of its responses (parity guard)
+    engine_logprobs: list  # [P][K] the engine's log-probs of its responses (parity guard, rollout correction)
+    pg_rows: torch.Tensor  # bool [rollout rows]: the rows L_PG covers (not masked as truncated)
     forwarded: torch.Tensor  # bool [rollout rows]: the rows its micro-batches hold
     micro_batches: list  # [MicroBatch] of the forwarded rollout rows and every expert row
 
 
 def reads_every_rollout_row(cfg: AlgorithmConfig) -> bool:
     """A loss term or a scale that reads rows whose PG weight is zero."""
-    return (not cfg.skip_zero_weight_rows or cfg.kl_coef > 0 or cfg.entropy_coef > 0
+    kl_loss = cfg.kl_coef > 0 and not cfg.kl_in_reward  # in the reward, the KL is taken before the update
+    return (not cfg.skip_zero_weight_rows or kl_loss or cfg.entropy_coef > 0
             or cfg.hybrid.weighting == "entropy")
 
 
 def rows_with_gradient(cfg: AlgorithmConfig, decision: SwitchDecision, rollout: RowSet,
-                       advantages: torch.Tensor) -> torch.Tensor:
+                       advantages: torch.Tensor, pg_rows: torch.Tensor) -> torch.Tensor:
     """bool [rollout rows]: the rows whose loss weight can be nonzero (module docstring).
     `decision.num_sft_prompts > 0` is build_loss_scales' `hybrid_active`: every SFT-routed prompt
     has a non-empty expert row (it checks that)."""
     if reads_every_rollout_row(cfg):
         return torch.ones(len(rollout.rows), dtype=torch.bool)
-    weighted = advantages != 0
+    weighted = (advantages != 0) & pg_rows
     if cfg.hybrid.weighting == "hard_gate" and decision.num_sft_prompts > 0:
         weighted &= decision.gates[rollout.prompt_index]
     return weighted
@@ -79,8 +83,16 @@ def _mini_batch(cfg, examples: list, rollouts, advantages: torch.Tensor, decisio
     rollout = batching.rollout_rows(examples, rollouts.response_ids)
     experts = batching.expert_rows(examples, (~decision.gates).nonzero().squeeze(1).tolist())
     advantages = advantages.flatten()
-    forwarded = rows_with_gradient(cfg, decision, rollout, advantages)
+    pg_rows = rows_in_pg_loss(cfg, rollouts.finish_reasons)
+    forwarded = rows_with_gradient(cfg, decision, rollout, advantages, pg_rows)
     if not forwarded.any() and not experts.rows:
         forwarded[0] = True  # a zero-weight row: the rank still joins the step with one micro-batch
     rows = [row for row, keep in zip(rollout.rows, forwarded.tolist()) if keep] + experts.rows
-    return MiniBatch(rollout, experts, decision, advantages, rollouts.logprobs, forwarded, pack(rows))
+    return MiniBatch(rollout, experts, decision, advantages, rollouts.logprobs, pg_rows, forwarded, pack(rows))
+
+
+def rows_in_pg_loss(cfg: AlgorithmConfig, finish_reasons: list) -> torch.Tensor:
+    """bool [rollout rows], prompt-major like the rows: False for a response that hit
+    rollout.max_tokens without EOS (finish reason `length`) under `algorithm.mask_truncated`."""
+    truncated = torch.tensor([reason == "length" for group in finish_reasons for reason in group], dtype=torch.bool)
+    return ~truncated if cfg.mask_truncated else torch.ones_like(truncated)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
 
-from superrl.algorithms.counts import ProcessGroup, all_reduce_sum, comm_device, count_vector
+from superrl.algorithms.counts import ProcessGroup, all_reduce_max, all_reduce_sum, count_vector
 from superrl.trainer.batching import ROLLOUT
 from superrl.trainer.engine_setup import engine_dtype
 from superrl.trainer.step import IGNORE
@@ -65,6 +65,20 @@ def engine_rows(engine_logprobs: list) -> list:
     return [response for group in engine_logprobs for response in group]
 
 
+def engine_logprob_tensor(mb, rows: list) -> torch.Tensor:
+    """float64 [b, s] on the host: the engine's log-prob of each response token of `mb`'s rollout rows
+    at its target position (0 elsewhere); `rows` as engine_rows gives them."""
+    out = torch.zeros(mb.targets.shape, dtype=torch.float64)
+    for b in (mb.row_kind == ROLLOUT).nonzero().squeeze(1).tolist():
+        positions = (mb.targets[b] != IGNORE).nonzero().squeeze(1)
+        engine = rows[int(mb.row_index[b])]
+        if len(engine) != len(positions):
+            raise ValueError(f"rollout row {int(mb.row_index[b])}: the engine returned {len(engine)} "
+                             f"log-probs for {len(positions)} response tokens")
+        out[b, positions] = torch.tensor(engine, dtype=torch.float64)
+    return out
+
+
 def token_log_ratios(micro_batches: list, rows: list) -> torch.Tensor:
     """float64 [N]: trainer - engine log-prob of every response token of the rollout rows, on the
     host. Needs the old log-probs attached (last pipeline stage). Tokens whose trainer log-prob is
@@ -72,26 +86,11 @@ def token_log_ratios(micro_batches: list, rows: list) -> torch.Tensor:
     as non-finite (docs/fault_tolerance.md); a non-finite engine log-prob still counts."""
     parts = [torch.zeros(0, dtype=torch.float64)]
     for mb in micro_batches:
-        trainer = mb.old_logprobs.detach().to("cpu", torch.float64)
-        for b in (mb.row_kind == ROLLOUT).nonzero().squeeze(1).tolist():
-            positions = (mb.targets[b] != IGNORE).nonzero().squeeze(1)
-            engine = rows[int(mb.row_index[b])]
-            if len(engine) != len(positions):
-                raise ValueError(f"rollout row {int(mb.row_index[b])}: the engine returned {len(engine)} "
-                                 f"log-probs for {len(positions)} response tokens")
-            ratios = trainer[b, positions] - torch.tensor(engine, dtype=torch.float64)
-            parts.append(ratios[trainer[b, positions].isfinite()])
+        response = (mb.targets != IGNORE) & (mb.row_kind == ROLLOUT)[:, None]
+        trainer = mb.old_logprobs.detach().to("cpu", torch.float64)[response]
+        ratios = trainer - engine_logprob_tensor(mb, rows)[response]
+        parts.append(ratios[trainer.isfinite()])
     return torch.cat(parts)
-
-
-def _all_reduce_max(values: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """float64 MAX of `values` over `group` (a copy when group is None), back on the host."""
-    out = values.detach().to(torch.float64)
-    if group is None:
-        return out.clone()
-    buf = out.to(comm_device(group))
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=group)
-    return buf.cpu()
 
 
 def reduce_parity(log_ratios: torch.Tensor, group: ProcessGroup) -> ParityStats:
@@ -100,7 +99,7 @@ def reduce_parity(log_ratios: torch.Tensor, group: ProcessGroup) -> ParityStats:
     diffs = log_ratios.abs()
     total, tokens = all_reduce_sum(count_vector(diffs.sum(), diffs.numel()), group).tolist()
     local_max = [diffs.max() if diffs.numel() else 0.0, log_ratios.max() if diffs.numel() else -math.inf]
-    diff_max, log_ratio_max = _all_reduce_max(torch.tensor(local_max, dtype=torch.float64), group).tolist()
+    diff_max, log_ratio_max = all_reduce_max(torch.tensor(local_max, dtype=torch.float64), group).tolist()
     if tokens == 0:
         return ParityStats(0.0, 0.0, 1.0, 0.0)
     return ParityStats(total / tokens, diff_max, math.exp(log_ratio_max), tokens)

@@ -1,13 +1,24 @@
-"""`algorithm.kl_coef > 0`: the frozen reference policy of the KL term.
+"""`algorithm.kl_coef > 0`: the frozen reference policy of the KL.
 
-Before each update it attaches log pi_ref of every token to the micro-batches; hybrid_loss adds the
-KL term. It is rebuilt from the initial weights on every start, so it has no checkpoint state.
+As a loss term (`algorithm.kl_in_reward=false`) it attaches log pi_ref of every token to the
+micro-batches before each update, and hybrid_loss adds the KL term. In the reward (`true`) it takes
+the per-token KL of the policy about to be updated (the rollout policy) to the reference before the
+advantages, and subtracts kl_coef times each response's sum from its reward (algorithms/kl.py);
+the loss then has no KL term. It is rebuilt from the initial weights on every start, so it has no
+checkpoint state.
 """
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+
+from superrl.algorithms.counts import all_reduce_sum, comm_device, count_vector
+from superrl.algorithms.kl import kl_penalized_rewards, kl_per_token
 from superrl.config import Config
 from superrl.hf_config import ModelArch
+from superrl.trainer.batching import ROLLOUT
 from superrl.trainer.feature import TrainerFeature
 from superrl.trainer.model_setup import build_model, load_initial_weights, with_mixed_precision
-from superrl.trainer.step import forward_outputs
+from superrl.trainer.step import IGNORE, forward_outputs
 
 
 def build_reference_model(config: Config, arch: ModelArch):
@@ -27,7 +38,48 @@ class ReferenceKL(TrainerFeature):
 
     def __init__(self, config: Config, arch: ModelArch):
         self.model = build_reference_model(config, arch)
+        self.algorithm = config.algorithm
+
+    def shape_rewards(self, rewards, rows, model, pack) -> tuple:
+        """kl_in_reward: R - kl_coef * sum_t KL_t per response. Metrics: `actor/kl`, the token mean
+        of KL_t over every rollout token of the step, and `reward/kl_penalty_mean`, the mean penalty
+        per response (DP-global sums)."""
+        if not self.algorithm.kl_in_reward:
+            return rewards, {}
+        kl, mask = self.response_kl(model, rows.rows, pack)
+        penalised, kl_per_seq = kl_penalized_rewards(rewards.flatten(), kl, mask, self.algorithm.kl_coef)
+        total, tokens, responses = all_reduce_sum(count_vector(kl_per_seq.sum(), mask.sum(), len(kl_per_seq)),
+                                                  mpu.get_data_parallel_group()).tolist()
+        return penalised.view_as(rewards), {"actor/kl": total / max(tokens, 1.0),
+                                            "reward/kl_penalty_mean": self.algorithm.kl_coef * total / responses}
+
+    def response_kl(self, model, rows: list, pack) -> tuple:
+        """(KL_t [R, T], mask [R, T]), float64 on the host and on every rank: the per-token KL
+        (algorithm.kl_estimator) of `model` (the policy, before its update: the rollout policy) to
+        the reference, at each response token t of each rollout row in `rows`' order. Collective:
+        the last pipeline stage computes it, the others receive it."""
+        lengths = torch.tensor([len(row.response_ids) for row in rows])
+        mask = torch.arange(max(int(lengths.max()), 1))[None, :] < lengths[:, None]
+        kl = torch.zeros(mask.shape, dtype=torch.float64)
+        micro_batches = pack(rows)
+        outputs = zip(micro_batches, forward_outputs(model, micro_batches), forward_outputs(self.model, micro_batches))
+        for mb, (logprobs, _), (ref_logprobs, _) in outputs:  # the last stage's only
+            token_kl = kl_per_token(logprobs.cpu().double(), ref_logprobs.cpu().double(), self.algorithm.kl_estimator)
+            for b in (mb.row_kind == ROLLOUT).nonzero().squeeze(1).tolist():
+                values = token_kl[b, mb.targets[b] != IGNORE]
+                kl[int(mb.row_index[b]), :len(values)] = values
+        return _from_last_stage(kl), mask
 
     def before_update(self, update) -> None:
+        if self.algorithm.kl_in_reward:
+            return  # the KL was taken before the advantages; the loss has no KL term
         for mb, (logprobs, _) in zip(update.micro_batches, forward_outputs(self.model, update.micro_batches)):
             mb.ref_logprobs = logprobs
+
+
+def _from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    """The last pipeline stage's `tensor` on every stage (the same shape everywhere)."""
+    group = mpu.get_pipeline_model_parallel_group()
+    buffer = tensor.to(comm_device(group))
+    dist.broadcast(buffer, src=mpu.get_pipeline_model_parallel_last_rank(), group=group)
+    return buffer.cpu()

@@ -38,6 +38,8 @@ class MicroBatch:
     old_logprobs: Optional[torch.Tensor] = None  # [b, s] log pi_old of the rollout policy
     old_entropy: Optional[torch.Tensor] = None  # [b, s] its token entropy
     ref_logprobs: Optional[torch.Tensor] = None  # [b, s] log pi_ref of the frozen reference (KL)
+    # The engine's log-probs of the tokens it sampled (rollout correction; 0 off the response tokens).
+    engine_logprobs: Optional[torch.Tensor] = None  # [b, s]
     # Set: the model runs the rows packed into one sequence (packing.py); every [b, s] tensor
     # above, and what the loss sees, keeps the rows' layout all the same.
     packing: Optional[Packing] = None

@@ -8,6 +8,7 @@ import torch
 from megatron.core import parallel_state as mpu
 
 from dist_harness import write_result
+from in_process_trainer import started_trainer
 from superrl.algorithms.counts import all_reduce_sum, count_vector
 from superrl.config import load_config
 from superrl.distributed import init_distributed
@@ -15,7 +16,6 @@ from superrl.hf_config import load_arch
 from superrl.trainer import loop
 from superrl.trainer.batching import ROLLOUT
 from superrl.trainer.feature import TrainerFeature
-from superrl.trainer.preemption import PreemptionWatch
 from superrl.trainer.step import IGNORE, forward_outputs
 
 OVERRIDES = ["algorithm.switch.mode=off", "algorithm.ppo_mini_batches=2", "algorithm.ppo_epochs=2",
@@ -69,16 +69,10 @@ def main():
         return minis
 
     loop.split_mini_batches = recorded_split
-    trainer = loop.Trainer(config, arch, ctx)
-    counter = ClipCounter(trainer, minis)
-    trainer.features.append(counter)
-    trainer.preemption = PreemptionWatch(config.trainer.preemption_grace_s)
-    try:
-        trainer.sync_engine()
+    with started_trainer(config, arch, ctx) as trainer:
+        counter = ClipCounter(trainer, minis)
+        trainer.features.append(counter)
         trainer.train_step()
-    finally:
-        trainer.preemption.close()
-        trainer.close()
     write_result({"steps": [{"got": g, "want": w} for g, w in zip(counter.got, counter.want, strict=True)]})
 
 
