@@ -57,3 +57,35 @@ def test_survivor_exits_within_dist_timeout(tmp_path, tiny_llama, fault, failing
     assert code != 0
     log = (tmp_path / f"rank{1 - failing_rank}.log").read_text()
     assert ("Timed out" if fault == "hang" else "Connection") in log, log[-2000:]
+
+
+BOUNDED_BLOCK = """
+import time
+from superrl.trainer.engine_setup import bounded
+with bounded({limit}, "the test block"):
+    time.sleep({sleep})
+print("after the block")
+time.sleep({after})
+"""
+
+
+def _run_bounded(limit: float, sleep: float, after: float = 0.0) -> tuple:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", BOUNDED_BLOCK.format(limit=limit, sleep=sleep, after=after)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    return proc, time.monotonic() - start
+
+
+def test_bounded_block_that_outlasts_its_limit_ends_the_process_with_stacks():
+    """What guards vLLM's collective start-up and teardown (engine_setup.build_engine)."""
+    proc, seconds = _run_bounded(limit=1, sleep=30)
+    assert proc.returncode == 1 and seconds < 20, (proc.returncode, seconds)
+    assert "superrl: the test block did not finish within 1 s" in proc.stderr
+    assert "time.sleep" in proc.stderr or "<string>" in proc.stderr, proc.stderr  # the stacks
+    assert "after the block" not in proc.stdout
+
+
+def test_bounded_block_that_finishes_in_time_cancels_its_timer():
+    proc, _ = _run_bounded(limit=1, sleep=0, after=2)  # outlives the limit after the block
+    assert proc.returncode == 0, proc.stderr
+    assert "after the block" in proc.stdout and "did not finish" not in proc.stderr
