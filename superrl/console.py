@@ -18,7 +18,7 @@ class KnownWarning(NamedTuple):
 KNOWN_WARNINGS = (
     KnownWarning(r"Transformer Engine and Apex are not installed", r"megatron\.core\.",
                  "without TE/Apex megatron uses its local and torch implementations, which are the CPU "
-                 "path; TE is the `gpu` extra, and NVIDIA Apex is optional (SPEC 4)"),
+                 "path; TE is the `gpu` extra, and NVIDIA Apex is optional (README: Install on a GPU cluster)"),
     KnownWarning(r"Apex is not installed\. Falling back to Torch Norm", r"megatron\.core\.models\.",
                  "the local layer spec's norm is torch's RMSNorm, the one the HF models use"),
     KnownWarning(r"full scope is deprecated\. Use empty cuda_graph_scope", r"megatron\.core\.transformer\.transformer_config\Z",

@@ -130,7 +130,7 @@ class Trainer:
         rows = batching.rollout_rows(examples, rollouts.response_ids)
         rewards, shaping_metrics = shaped_rewards(self.config, rollouts, rows, self.features, self.state.model, pack)
         advantages = self._advantages(rewards)
-        # the switch gates on the task reward (SPEC section 2); adv_gate on the task reward's advantages
+        # the switch gates on the task reward (docs/policy_losses.md); adv_gate on its advantages
         task_advantages = advantages if rewards is rollouts.rewards else self._advantages(rollouts.rewards)
         has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
         decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,

@@ -1,5 +1,5 @@
 """The rewards the advantages see. The task reward (what the reward functions scored: `reward/*`
-logs it, and the Adaptive Switch gates on it, SPEC section 2) plus DAPO's overlong penalty
+logs it, and the Adaptive Switch gates on it: docs/policy_losses.md) plus DAPO's overlong penalty
 (`reward.overlong_buffer_len`, algorithms/overlong.py), then each feature's reward shaping (the KL
 in the reward: reference_kl.py)."""
 import torch
