@@ -81,19 +81,37 @@ class RewardConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimizerSettings:
+    """One model's AdamW and LR schedule (constant after a linear warm-up): the policy's in
+    `optim.*`, the critic's in `critic.optim.*`."""
     lr: float = 1e-5
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # LR warm-up
+
+
+@dataclass
+class OptimConfig(OptimizerSettings):
     micro_batch_size: int = 8  # sequences per forward/backward
     # Set: rows packed into sequences of at most this many tokens instead (docs/packing.md)
     max_tokens_per_micro_batch: Optional[int] = None
     use_distributed_optimizer: bool = True
     overlap_grad_reduce: bool = False  # DP gradient reduction bucket by bucket during the backward
+
+
+@dataclass
+class CriticConfig:
+    """`critic.*`: the value model of `algorithm.advantage=gae` (PPO with a critic, trainer/critic.py).
+    It has the policy's architecture and placement and trains on the policy's micro-batches,
+    mini-batches and epochs."""
+    hf_dir: Optional[str] = None  # initial weights; neither set: the policy's (model.megatron_dir or model.hf_dir)
+    megatron_dir: Optional[str] = None
+    cliprange_value: float = 0.5  # c of the clipped value loss (verl's default)
+    warmup_steps: int = 0  # the first steps train only the critic (verl's trainer.critic_warmup)
+    optim: OptimizerSettings = field(default_factory=OptimizerSettings)
 
 
 @dataclass
@@ -125,6 +143,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
@@ -227,6 +246,7 @@ def check_trainer_settings(config: Config) -> None:
              f"algorithm.advantage=rloo needs rollout.n >= 2 responses per prompt, got rollout.n={config.rollout.n}")
     check_rollout_settings(config.rollout, config.data)
     check_reward_shaping(config.reward, config.rollout)
+    check_critic_settings(config)
 
 
 def check_reward_shaping(reward: RewardConfig, rollout: RolloutConfig) -> None:
@@ -234,6 +254,21 @@ def check_reward_shaping(reward: RewardConfig, rollout: RolloutConfig) -> None:
              f"reward.overlong_buffer_len={reward.overlong_buffer_len} must be in [0, rollout.max_tokens="
              f"{rollout.max_tokens}] (0: no overlong shaping)")
     _require(reward.overlong_penalty >= 0, f"reward.overlong_penalty={reward.overlong_penalty} must be >= 0")
+
+
+def check_critic_settings(config: Config) -> None:
+    critic, algorithm = config.critic, config.algorithm
+    if algorithm.advantage != "gae":
+        _require(critic.hf_dir is None and critic.megatron_dir is None,
+                 f"critic.hf_dir / critic.megatron_dir are set but algorithm.advantage={algorithm.advantage!r} "
+                 "trains no critic; set algorithm.advantage=gae for PPO with a critic")
+        return
+    _require(critic.cliprange_value > 0, f"critic.cliprange_value={critic.cliprange_value} must be > 0")
+    _require(critic.warmup_steps >= 0, f"critic.warmup_steps={critic.warmup_steps} must be >= 0")
+    _require(critic.optim.lr > 0, f"critic.optim.lr={critic.optim.lr} must be > 0")
+    _require(algorithm.switch.mode != "adv_gate",
+             "algorithm.switch.mode=adv_gate gates on each response's outcome advantage; "
+             "algorithm.advantage=gae's advantages are per token: use per_prompt, which gates on the rewards")
 
 
 def check_token_budget(config: Config) -> None:

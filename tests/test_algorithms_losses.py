@@ -202,7 +202,7 @@ def test_kl_reward_penalty_subtracts_beta_sum_per_sequence():
 def test_algorithm_config_errors_name_the_key():
     AlgorithmConfig().validate()
     # the only check of these choices: the functions that take them trust the loaded config
-    for field, value, key in [("advantage", "gae", "algorithm.advantage"),
+    for field, value, key in [("advantage", "ppo", "algorithm.advantage"),
                               ("loss_agg", "sum", "algorithm.loss_agg"),
                               ("clip_low", 1.0, "algorithm.clip_low"),
                               ("dual_clip", 0.5, "algorithm.dual_clip"),

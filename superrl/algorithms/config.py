@@ -8,7 +8,7 @@ choices (advantages, aggregation, KL) do not check them again on every call.
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "gae")  # gae: per token, with a critic (gae.py)
 POLICY_LOSSES = ("ppo_clip", "gspo", "cispo")
 ROLLOUT_CORRECTIONS = ("none", "tis", "mis", "seq_tis")
 LOSS_AGG_MODES = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
@@ -101,7 +101,8 @@ class HybridConfig:
 class AlgorithmConfig:
     """`algorithm.*`: advantages, policy loss, rollout correction, KL, entropy bonus, switch, hybrid actor.
 
-    advantage:    grpo | rloo | reinforce_pp.
+    advantage:    grpo | rloo | reinforce_pp | gae (per-token GAE with a critic, `critic.*`).
+    gamma, lam:   GAE's discount and trace decay (gae only; verl's defaults 1.0 and 1.0).
     norm_by_std:  grpo divides by the group std (False: Dr.GRPO, mean-centering only).
     adv_eps:      eps in A = (R - mean) / (std + eps).
     policy_loss:  ppo_clip | gspo | cispo (policy_loss.py; docs/policy_losses.md).
@@ -129,6 +130,8 @@ class AlgorithmConfig:
                   prompts under hard_gate, zero-advantage groups) are not forwarded at all.
     """
     advantage: str = "grpo"
+    gamma: float = 1.0
+    lam: float = 1.0
     norm_by_std: bool = True
     adv_eps: float = 1e-6
     policy_loss: str = "ppo_clip"
@@ -157,6 +160,8 @@ class AlgorithmConfig:
         check_choice("algorithm.rollout_correction", self.rollout_correction, ROLLOUT_CORRECTIONS)
         check_choice("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _check(self.adv_eps >= 0, "algorithm.adv_eps", self.adv_eps, "must be >= 0")
+        _check(0 <= self.gamma <= 1, "algorithm.gamma", self.gamma, "must be in [0, 1]")
+        _check(0 <= self.lam <= 1, "algorithm.lam", self.lam, "must be in [0, 1]")
         _check(0 <= self.clip_low < 1, "algorithm.clip_low", self.clip_low, "must be in [0, 1)")
         _check(self.clip_high >= 0, "algorithm.clip_high", self.clip_high, "must be >= 0")
         _check(self.dual_clip is None or self.dual_clip > 1, "algorithm.dual_clip",

@@ -98,31 +98,43 @@ class PolicyModel(GPTModel):
         return logprobs.view(b, s), entropy.view(b, s)
 
 
-def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
-                       transformer_engine: str = "auto", dtype: torch.dtype = torch.float32,
-                       **switches) -> PolicyModel:
-    """This rank's PP stage of the model (parameters randomly initialised; load weights after).
+def layer_spec(arch: ModelArch, transformer_engine: str):
+    """The decoder layer spec: TE's when it runs, else the local one with packed-sequence attention."""
+    if use_transformer_engine(transformer_engine):
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=arch.qk_norm)
+    # packed micro-batches (trainer/packing.py) need a core attention that takes PackedSeqParams
+    spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
+    return spec
+
+
+def build_gpt_model(model_class, arch: ModelArch, tp: int, pp: int, padded_vocab: int,
+                    transformer_engine: str = "auto", dtype: torch.dtype = torch.float32,
+                    tied_embeddings: bool = None, **switches):
+    """This rank's PP stage of a `model_class` (a GPTModel) of `arch` (parameters randomly
+    initialised; load weights after). `tied_embeddings`: None keeps the architecture's.
     `switches`: transformer_config's sequence_parallel and recompute."""
     config = transformer_config(arch, tp, pp, dtype, **switches)
-    if use_transformer_engine(transformer_engine):
-        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
-    else:
-        spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=arch.qk_norm)
-        # packed micro-batches (trainer/packing.py) need a core attention that takes PackedSeqParams
-        spec.submodules.self_attention.submodules.core_attention = PackedDotProductAttention
-    model = PolicyModel(
-        config=config, transformer_layer_spec=spec, vocab_size=padded_vocab,
+    model = model_class(
+        config=config, transformer_layer_spec=layer_spec(arch, transformer_engine), vocab_size=padded_vocab,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=mpu.is_pipeline_first_stage(), post_process=mpu.is_pipeline_last_stage(),
-        share_embeddings_and_output_weights=arch.tied_embeddings, position_embedding_type="rope",
-        rotary_base=arch.rope_theta, parallel_output=True,
+        share_embeddings_and_output_weights=arch.tied_embeddings if tied_embeddings is None else tied_embeddings,
+        position_embedding_type="rope", rotary_base=arch.rope_theta, parallel_output=True,
     )
     model.uses_te_names = use_transformer_engine(transformer_engine)
     _use_hf_rope_frequencies(model, arch)
     return model
 
 
-def _use_hf_rope_frequencies(model: PolicyModel, arch: ModelArch) -> None:
+def build_policy_model(arch: ModelArch, tp: int, pp: int, padded_vocab: int,
+                       transformer_engine: str = "auto", dtype: torch.dtype = torch.float32,
+                       **switches) -> PolicyModel:
+    """This rank's PP stage of the policy (build_gpt_model)."""
+    return build_gpt_model(PolicyModel, arch, tp, pp, padded_vocab, transformer_engine, dtype, **switches)
+
+
+def _use_hf_rope_frequencies(model: GPTModel, arch: ModelArch) -> None:
     """megatron's RoPE knows theta and a fixed Llama 3.1 scaling; the HF config's rope type and
     scaling fields (Llama 3.2's factor 32, linear) come from the same definition the rollout engine
     uses. Set before the first forward: megatron caches the embedding per sequence length."""

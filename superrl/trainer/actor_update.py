@@ -21,7 +21,7 @@ from superrl.algorithms.config import AlgorithmConfig
 from superrl.algorithms.counts import global_token_mean
 from superrl.algorithms.hybrid import (ExpertTokens, LogSigmaWeights, RolloutTokens, build_loss_scales,
                                        hybrid_loss)
-from superrl.trainer.batching import EXPERT, ROLLOUT, target_mask
+from superrl.trainer.batching import EXPERT, ROLLOUT, target_mask, token_width
 from superrl.trainer.mini_batches import MiniBatch
 from superrl.trainer.rollout_correction import attach_engine_logprobs, correction_step_metrics
 from superrl.trainer.step import IGNORE, accumulate_gradients, apply_gradients, forward_outputs, model_device
@@ -88,7 +88,7 @@ def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma: Optional[L
         rollout = None
         if len(r):
             ref, engine = mb.ref_logprobs, mb.engine_logprobs
-            rollout = RolloutTokens(logprobs[r], old_logprobs[r], advantages[index[r]].to(logprobs.dtype),
+            rollout = RolloutTokens(logprobs[r], old_logprobs[r], _row_advantages(advantages, index[r], logprobs),
                                     mask[r], entropy[r], None if ref is None else ref[r],
                                     None if engine is None else engine[r])
         # a micro-batch of padding rows only still takes its share of the step's constants and
@@ -96,6 +96,13 @@ def _hybrid_loss_fn(cfg, scales, advantages: torch.Tensor, log_sigma: Optional[L
         expert = ExpertTokens(logprobs[e], mask[e]) if len(e) or rollout is None else None
         return hybrid_loss(cfg, scales.rows(index[r], index[e]), rollout, expert, log_sigma)
     return loss_fn
+
+
+def _row_advantages(advantages: torch.Tensor, index: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The advantages of rows `index`: [B] per response, or [B, s] per token (gae) at the
+    micro-batch's width s."""
+    rows = advantages[index].to(logprobs.dtype)
+    return rows if rows.dim() == 1 else token_width(rows, logprobs.shape[1])
 
 
 def _parity_pairs(model, minis: list, pack) -> list:

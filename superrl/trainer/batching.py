@@ -78,6 +78,24 @@ def target_mask(rows: list) -> torch.Tensor:
     return mask
 
 
+def token_width(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Per-row token tensors [R, S] in the rows' layout (target_mask's) cut or zero-padded to a
+    micro-batch's width: rows are left-aligned in both, and a micro-batch is as wide as its own
+    longest row (or, with PP, the widest row of the step, expert rows included)."""
+    extra = width - values.shape[1]
+    return values[:, :width] if extra <= 0 else torch.nn.functional.pad(values, (0, extra))
+
+
+def to_row_layout(values: torch.Tensor, rows: list, width: int) -> torch.Tensor:
+    """Per-response-token values [R, T] (token t of each row's response at column t) in the rows'
+    layout [R, width] (target_mask's: at the position predicting it), 0 elsewhere."""
+    out = torch.zeros(len(rows), width, dtype=values.dtype)
+    for i, row in enumerate(rows):
+        start, n = len(row.prompt_ids) - 1, len(row.response_ids)
+        out[i, start:start + n] = values[i, :n]
+    return out
+
+
 def _row_width(row: Row) -> int:
     return max(len(row.prompt_ids) + len(row.response_ids) - 1, 1)
 

@@ -8,6 +8,9 @@ they read a converted model; its distributed checkpoint also holds the optimizer
     step_N/hf/                     config and tokenizer files
     step_N/trainer/rank_XXXXX.pt   RNG states, data-loader position, switch state, and each
                                    optional feature's state (feature.py), e.g. the log-sigma weights
+    step_N/critic/                 with algorithm.advantage=gae: the critic's model + optimizer +
+                                   scheduler, laid out as step_N itself (dist_ckpt/ and its own
+                                   superrl_checkpoint.json), written before step_N's metadata
     step_N/superrl_checkpoint.json written last: its presence means the checkpoint is complete
 
 Everything is written under `.tmp_step_N` and renamed by rank 0 after a barrier, so a crash mid-
@@ -35,6 +38,7 @@ from superrl.weights.megatron_checkpoint import (HF_FILES_DIR, METADATA_FILE, ch
                                                  verify_checkpoint_files)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}  # others fail on CPU/gloo
+CRITIC_DIR = "critic"
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp_" + STEP_PREFIX
 
@@ -61,8 +65,9 @@ def complete_checkpoints(run_dir: str) -> list:
 def _sharded_state(state, is_loading: bool) -> dict:
     """Model tensors at the top level (as in a model-only checkpoint) plus optimizer and scheduler."""
     model_sd = state.model.module.sharded_state_dict()
-    if is_loading:
-        _init_adam_step_state(state.optimizer)
+    # also when saving: an optimizer that has not stepped yet (the policy's during critic.warmup_steps)
+    # has no Adam state either, and the zeros are what torch's Adam starts from on its first step
+    _init_adam_step_state(state.optimizer)
     return {**model_sd,
             "optimizer": state.optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
                                                             metadata=OPTIM_METADATA),
@@ -70,7 +75,7 @@ def _sharded_state(state, is_loading: bool) -> dict:
 
 
 def _init_adam_step_state(optimizer) -> None:
-    """A fresh torch Adam has no `step` state, which the sharded loader expects (no Apex/TE)."""
+    """A fresh torch Adam has no `step` state, which the sharded saver and loader expect (no Apex/TE)."""
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = opt.optimizer
         for group in inner.param_groups:
@@ -98,8 +103,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, metadata: dict, hf_dir: str,
-                    keep_last: int) -> str:
-    """Collective. `metadata`: checkpoint_metadata(...) of the model plus run facts to check on resume."""
+                    keep_last: int, critic_state=None) -> str:
+    """Collective. `metadata`: checkpoint_metadata(...) of the model plus run facts to check on resume;
+    `critic_state`: the critic's TrainState, saved beside the policy's (trainer/critic.py)."""
     root = checkpoint_root(run_dir)
     final = step_dir(run_dir, step)
     tmp = os.path.join(root, f"{TMP_PREFIX}{step}")
@@ -111,6 +117,9 @@ def save_checkpoint(run_dir: str, step: int, state, trainer_state: dict, metadat
             copy_hf_files(hf_dir, os.path.join(tmp, HF_FILES_DIR))
         dist.barrier()
         torch.save({**trainer_state, "rng": rng_state()}, os.path.join(tmp, "trainer", f"rank_{rank:05d}.pt"))
+        if critic_state is not None:  # before the policy's: its files go into the step's manifest
+            save_sharded_state(_sharded_state(critic_state, is_loading=False), os.path.join(tmp, CRITIC_DIR),
+                               {**metadata, "step": step, "critic": True})
         save_sharded_state(_sharded_state(state, is_loading=False), tmp,
                            {**metadata, "step": step, "world_size": dist.get_world_size()})
     except (OSError, RuntimeError, CheckpointException) as e:  # the last two wrap writers' OSErrors
@@ -166,18 +175,31 @@ def latest_valid_checkpoint(run_dir: str, arch, padded_vocab: int):
     return None, None, skipped
 
 
-def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True, meta=None) -> tuple:
-    """Load model/optimizer/scheduler (resharded to this run's TP x PP); return (meta, trainer_state).
-    Without the trainer state (evaluation), any world size may load it. `meta`: what
-    `validate_checkpoint` just returned for `path`, so its files are not checksummed twice."""
+def load_checkpoint(path: str, state, arch, load_trainer_state: bool = True, meta=None,
+                    critic_state=None) -> tuple:
+    """Load model/optimizer/scheduler (resharded to this run's TP x PP), and the critic's into
+    `critic_state` when given; return (meta, trainer_state). Without the trainer state
+    (evaluation), any world size may load it. `meta`: what `validate_checkpoint` just returned for
+    `path`, so its files are not checksummed twice."""
     if meta is None:
         meta = validate_checkpoint(path, arch, state.padded_vocab, check_world_size=load_trainer_state)
-    loaded = load_dist_checkpoint(_sharded_state(state, is_loading=True), path)
-    restore_model_tensors(state.model, loaded)
-    state.optimizer.load_state_dict(loaded["optimizer"])
-    state.scheduler.load_state_dict(loaded["scheduler"])
+    _load_train_state(state, path)
+    if critic_state is not None:
+        critic_dir = os.path.join(path, CRITIC_DIR)
+        if not os.path.isdir(critic_dir):
+            raise CheckpointError(f"{path} holds no critic ({critic_dir} is missing): it was saved by a run "
+                                  "without algorithm.advantage=gae, which this run cannot resume")
+        _load_train_state(critic_state, critic_dir)
     if not load_trainer_state:
         return meta, None
     trainer_state = load_plain_data(os.path.join(path, "trainer", f"rank_{dist.get_rank():05d}.pt"))
     set_rng_state(trainer_state.pop("rng"))
     return meta, trainer_state
+
+
+def _load_train_state(state, directory: str) -> None:
+    """Collective: one TrainState's model, optimizer and scheduler from `directory`'s dist_ckpt/."""
+    loaded = load_dist_checkpoint(_sharded_state(state, is_loading=True), directory)
+    restore_model_tensors(state.model, loaded)
+    state.optimizer.load_state_dict(loaded["optimizer"])
+    state.scheduler.load_state_dict(loaded["scheduler"])

@@ -19,6 +19,7 @@ from superrl.rewards.scorer import RewardScorer
 from superrl.sync import WeightSync
 from superrl.trainer import batching, checkpoint
 from superrl.trainer.actor_update import update_actor
+from superrl.trainer.critic import Critic
 from superrl.trainer.engine_setup import bounded, build_engine
 from superrl.trainer.evaluate import evaluate
 from superrl.trainer.example_data import load_examples
@@ -60,6 +61,7 @@ class Trainer:
         self.loader = PromptDataLoader(self.example_set.examples, config.trainer.prompts_per_step,
                                        seed=config.trainer.seed)
         self.state = build_train_state(config, arch)
+        self.critic = Critic(config, arch) if config.algorithm.advantage == "gae" else None
         self.features = [feature(config, arch) for feature in FEATURES if feature.enabled(config)]
         self.switch = AdaptiveSwitch(config.algorithm.switch)
         self.placement = engine_placement(config, ctx)
@@ -129,20 +131,39 @@ class Trainer:
                                  max_tokens=self.config.optim.max_tokens_per_micro_batch)
         rows = batching.rollout_rows(examples, rollouts.response_ids)
         rewards, shaping_metrics = shaped_rewards(self.config, rollouts, rows, self.features, self.state.model, pack)
-        advantages = self._advantages(rewards)
-        # the switch gates on the task reward (docs/policy_losses.md); adv_gate on its advantages
-        task_advantages = advantages if rewards is rollouts.rewards else self._advantages(rollouts.rewards)
+        critic_batch = None
+        if self.critic is not None:  # per-token GAE advantages [P, K, S] from the critic's values
+            critic_batch, kl_metrics = self.critic.estimate(rows, rewards, pack, self.state.model,
+                                                            self._reference_in_reward())
+            shaping_metrics.update(kl_metrics)
+            advantages = critic_batch.advantages.view(*rewards.shape, -1)
+            task_advantages = None  # adv_gate is refused with gae (config.check_critic_settings)
+        else:
+            advantages = self._advantages(rewards)
+            # the switch gates on the task reward (docs/policy_losses.md); adv_gate on its advantages
+            task_advantages = advantages if rewards is rollouts.rewards else self._advantages(rollouts.rewards)
         has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
         decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
                                       advantages=task_advantages, sources=[ex.data_source for ex in examples],
                                       group=dp_group)
         minis = split_mini_batches(algorithm, examples, rollouts, advantages, decision, pack, dp_group)
-        # every step follows a weight sync: an engine that disagrees stops the run before the update
-        tolerance, step = parity_tolerance(self.config), self.step + 1
-        metrics = update_actor(self.state, algorithm, minis, self.features,
-                               lambda pairs: guard_parity(pairs, tolerance, step), pack)
+        metrics = {}
+        if self.critic is None or self.critic.trains_actor(self.step):
+            # every step follows a weight sync: an engine that disagrees stops the run before the update
+            tolerance, step = parity_tolerance(self.config), self.step + 1
+            metrics = update_actor(self.state, algorithm, minis, self.features,
+                                   lambda pairs: guard_parity(pairs, tolerance, step), pack)
         metrics.update(shaping_metrics)  # with the KL in the reward, its actor/kl replaces the loss's 0
+        if critic_batch is not None:
+            metrics.update(critic_batch.metrics(rows))
+            metrics.update(self.critic.update(minis, critic_batch, pack))
         return metrics, decision, minis
+
+    def _reference_in_reward(self):
+        """The ReferenceKL feature when the KL goes into the reward, else None."""
+        if not self.config.algorithm.kl_in_reward:
+            return None
+        return next((f for f in self.features if isinstance(f, ReferenceKL)), None)
 
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         algorithm = self.config.algorithm
@@ -204,16 +225,22 @@ class Trainer:
                 "skipped_steps": self.skipped_steps,
                 "features": {feature.name: feature.state_dict() for feature in self.features}}
 
+    @property
+    def critic_state(self):
+        """The critic's TrainState, checkpointed with the policy's; None without a critic."""
+        return self.critic.state if self.critic is not None else None
+
     def save(self) -> str:
         start = time.perf_counter()
         path = checkpoint.save_checkpoint(self.config.trainer.run_dir, self.step, self.state,
                                           self.trainer_state(), self.checkpoint_metadata(),
-                                          self.config.model.hf_dir, self.config.trainer.keep_last)
+                                          self.config.model.hf_dir, self.config.trainer.keep_last,
+                                          critic_state=self.critic_state)
         self.saved_step, self.save_s = self.step, time.perf_counter() - start
         return path
 
     def resume(self, path: str, meta=None) -> None:
-        _, saved = checkpoint.load_checkpoint(path, self.state, self.arch, meta=meta)
+        _, saved = checkpoint.load_checkpoint(path, self.state, self.arch, meta=meta, critic_state=self.critic_state)
         self.step = saved["step"]
         self.loader.load_state_dict(saved["loader"])
         self.switch.load_state_dict(saved["switch"])

@@ -31,7 +31,7 @@ class MiniBatch:
     rollout: RowSet  # all its rollout rows (the loss normalisers count them)
     experts: RowSet  # the expert rows of its prompts routed to SFT
     decision: SwitchDecision  # its prompts' gates; num_prompts of the global mini-batch
-    advantages: torch.Tensor  # [rollout rows]
+    advantages: torch.Tensor  # [rollout rows], or per token [rollout rows, S] (gae; batching.target_mask's layout)
     engine_logprobs: list  # [P][K] the engine's log-probs of its responses (parity guard, rollout correction)
     pg_rows: torch.Tensor  # bool [rollout rows]: the rows L_PG covers (not masked as truncated)
     forwarded: torch.Tensor  # bool [rollout rows]: the rows its micro-batches hold
@@ -52,7 +52,7 @@ def rows_with_gradient(cfg: AlgorithmConfig, decision: SwitchDecision, rollout: 
     has a non-empty expert row (it checks that)."""
     if reads_every_rollout_row(cfg):
         return torch.ones(len(rollout.rows), dtype=torch.bool)
-    weighted = (advantages != 0) & pg_rows
+    weighted = (advantages != 0).reshape(len(rollout.rows), -1).any(dim=1) & pg_rows
     if cfg.hybrid.weighting == "hard_gate" and decision.num_sft_prompts > 0:
         weighted &= decision.gates[rollout.prompt_index]
     return weighted
@@ -62,7 +62,7 @@ def split_mini_batches(cfg: AlgorithmConfig, examples: list, rollouts, advantage
                        decision: SwitchDecision, pack: Callable[[list], list],
                        group: ProcessGroup) -> list:
     """[MiniBatch] of this rank's prompts; collective over `group` (DP) when M > 1 (the SFT
-    prompts of each global mini-batch). `pack(rows)` builds micro-batches; advantages [P, K]."""
+    prompts of each global mini-batch). `pack(rows)` builds micro-batches; advantages [P, K], or [P, K, S] per token."""
     m = cfg.ppo_mini_batches
     size = len(examples) // m  # M divides every rank's prompts (checked at start-up)
     chunks = [slice(i * size, (i + 1) * size) for i in range(m)]
@@ -82,7 +82,7 @@ def _mini_batch(cfg, examples: list, rollouts, advantages: torch.Tensor, decisio
                 pack) -> MiniBatch:
     rollout = batching.rollout_rows(examples, rollouts.response_ids)
     experts = batching.expert_rows(examples, (~decision.gates).nonzero().squeeze(1).tolist())
-    advantages = advantages.flatten()
+    advantages = advantages.flatten(0, 1)  # one row per response
     pg_rows = rows_in_pg_loss(cfg, rollouts.finish_reasons)
     forwarded = rows_with_gradient(cfg, decision, rollout, advantages, pg_rows)
     if not forwarded.any() and not experts.rows:

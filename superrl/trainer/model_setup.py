@@ -23,10 +23,11 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.module import Float16Module
 
-from superrl.config import Config
+from superrl.config import Config, OptimizerSettings
 from superrl.hf_config import ModelArch
 from superrl.models.cpu_gemm import use_cpu_gemm
 from superrl.models.gpt import build_policy_model
+from superrl.models.value import build_value_model
 from superrl.weights.load import load_hf_weights
 from superrl.weights.megatron_checkpoint import load_model_checkpoint
 
@@ -72,32 +73,52 @@ def build_train_state(config: Config, arch: ModelArch, load_weights: bool = True
         model.use_fp8_output_layer(config.model.fp8_amax_history)
     if load_weights:
         load_initial_weights(model, config, arch, padded_vocab)
+    return wrap_for_training(model, config, config.optim, arch, padded_vocab)
+
+
+def build_critic_state(config: Config, arch: ModelArch) -> TrainState:
+    """The critic (models/value.py) in the policy's placement and precision, with `critic.optim`'s
+    optimizer; weights from critic.megatron_dir / critic.hf_dir, else the policy's initial ones."""
+    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
+    model = build_value_model(arch, config.parallel.tp, config.parallel.pp, padded_vocab,
+                              config.model.transformer_engine, model_dtype(config),
+                              sequence_parallel=config.parallel.sequence_parallel, recompute=config.model.recompute)
+    use_cpu_gemm(model, config.model.cpu_gemm)
+    critic = config.critic
+    if critic.megatron_dir or critic.hf_dir:
+        _load_weights(model, critic.megatron_dir, critic.hf_dir, arch, padded_vocab)
+    else:
+        load_initial_weights(model, config, arch, padded_vocab)
+    return wrap_for_training(model, config, critic.optim, arch, padded_vocab)
+
+
+def wrap_for_training(model, config: Config, settings: OptimizerSettings, arch: ModelArch,
+                      padded_vocab: int) -> TrainState:
+    """DDP, the optimizer and LR schedule of `settings`, and megatron's step hooks around `model`."""
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=config.optim.overlap_grad_reduce,
         use_distributed_optimizer=config.optim.use_distributed_optimizer)
     ddp_model = DistributedDataParallel(config=model.config, ddp_config=ddp_config,
                                         module=with_mixed_precision(model))
-    optimizer = get_megatron_optimizer(_optimizer_config(config), [ddp_model])
+    optimizer = get_megatron_optimizer(_optimizer_config(config, settings), [ddp_model])
     tconfig = model.config
     tconfig.grad_scale_func = optimizer.scale_loss
     tconfig.no_sync_func = ddp_model.no_sync
     tconfig.finalize_model_grads_func = _finalize_grads_without_token_scaling
-    scheduler = _scheduler(config, optimizer)
+    scheduler = _scheduler(settings, config.trainer.total_steps, optimizer)
     return TrainState(ddp_model, optimizer, scheduler, arch, padded_vocab)
 
 
-def _optimizer_config(config: Config) -> OptimizerConfig:
-    o = config.optim
+def _optimizer_config(config: Config, o: OptimizerSettings) -> OptimizerConfig:
     return OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
         bf16=model_dtype(config) == torch.bfloat16, fp16=False,  # bf16: fp32 main params (params_dtype)
-        use_distributed_optimizer=o.use_distributed_optimizer)
+        use_distributed_optimizer=config.optim.use_distributed_optimizer)
 
 
-def _scheduler(config: Config, optimizer) -> OptimizerParamScheduler:
-    o = config.optim
-    steps = max(config.trainer.total_steps, o.warmup_steps + 1)
+def _scheduler(o: OptimizerSettings, total_steps: int, optimizer) -> OptimizerParamScheduler:
+    steps = max(total_steps, o.warmup_steps + 1)
     return OptimizerParamScheduler(
         optimizer, init_lr=0.0 if o.warmup_steps else o.lr, max_lr=o.lr, min_lr=o.lr,
         lr_warmup_steps=o.warmup_steps, lr_decay_steps=steps, lr_decay_style="constant",
@@ -106,8 +127,11 @@ def _scheduler(config: Config, optimizer) -> OptimizerParamScheduler:
 
 def load_initial_weights(model, config: Config, arch: ModelArch, padded_vocab: int) -> None:
     """`model.megatron_dir` (any TP x PP, resharded on load) if set, else `model.hf_dir`."""
-    if config.model.megatron_dir:
-        load_model_checkpoint(model, config.model.megatron_dir, arch)
-    else:
-        load_hf_weights(model, config.model.hf_dir, arch, padded_vocab)
+    _load_weights(model, config.model.megatron_dir, config.model.hf_dir, arch, padded_vocab)
 
+
+def _load_weights(model, megatron_dir, hf_dir: str, arch: ModelArch, padded_vocab: int) -> None:
+    if megatron_dir:
+        load_model_checkpoint(model, megatron_dir, arch)
+    else:
+        load_hf_weights(model, hf_dir, arch, padded_vocab)

@@ -1,8 +1,9 @@
 """One optimizer step over a list of micro-batches, through megatron's pipeline schedule.
 
-The loss function sees the last stage's per-token (logprobs, entropy) and the micro-batch, both in
-the micro-batch's rows' layout (a packed micro-batch's outputs are unpacked first), and returns its
-share of the step loss under the loss-normalisation contract of model_setup.py.
+The loss function sees the last stage's per-token outputs (the policy's logprobs and entropy, the
+critic's values) and the micro-batch, both in the micro-batch's rows' layout (a packed micro-batch's
+outputs are unpacked first), and returns its share of the step loss under the loss-normalisation
+contract of model_setup.py.
 
 A step whose loss or gradients hold NaN/Inf anywhere in the job is skipped on every rank: the
 weights, optimizer moments and LR schedule stay as they were (fp32 megatron has no grad scaler to
@@ -60,7 +61,9 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch], tuple]  # -> (loss, {metric: sum})
+# (the last stage's outputs..., micro-batch) -> (loss, {metric: sum}); outputs: the policy's
+# (logprobs, entropy), the critic's (values,) (models/value.py)
+LossFn = Callable[..., tuple]
 
 
 def forward_backward(model, micro_batches: list, loss_fn: LossFn, forward_only: bool = False,
@@ -127,9 +130,8 @@ def _pad_width(mb: MicroBatch, multiple: int) -> MicroBatch:
     return MicroBatch(F.pad(mb.tokens, (0, extra), value=0), F.pad(mb.targets, (0, extra), value=IGNORE))
 
 
-def _loss_with_metrics(loss_fn: LossFn, output, mb: MicroBatch):
-    logprobs, entropy = output
-    loss, metrics = loss_fn(logprobs, entropy, mb)
+def _loss_with_metrics(loss_fn: LossFn, output: tuple, mb: MicroBatch):
+    loss, metrics = loss_fn(*output, mb)  # the policy's (logprobs, entropy), the critic's (values,)
     reduced = {k: torch.as_tensor(v, dtype=torch.float64, device=loss.device).detach().reshape(())
                for k, v in metrics.items()}
     reduced["loss"] = loss.detach().double()
@@ -205,15 +207,26 @@ def sft_loss_fn(global_target_tokens: float) -> LossFn:
 
 
 def forward_outputs(model, micro_batches: list) -> list:
-    """Forward only: on the last stage, each micro-batch's detached (logprobs, entropy) [b, s];
-    empty on the other stages. Used to recompute old-policy and reference log-probs. Collective
-    over the model-parallel group only: data-parallel replicas may call it for different rows."""
+    """Forward only: on the last stage, each micro-batch's detached outputs [b, s] (the policy's
+    (logprobs, entropy), the critic's (values,)); empty on the other stages. Used to recompute
+    old-policy and reference log-probs and the critic's values. Collective over the model-parallel
+    group only: data-parallel replicas may call it for different rows."""
     outputs = []
 
-    def record(logprobs, entropy, mb):
-        outputs.append((logprobs.detach(), entropy.detach()))
-        return logprobs.sum() * 0.0, {}
+    def record(*outputs_and_mb):
+        mb_outputs = outputs_and_mb[:-1]
+        outputs.append(tuple(o.detach() for o in mb_outputs))
+        return mb_outputs[0].sum() * 0.0, {}
 
     with torch.no_grad():
         forward_backward(model, micro_batches, record, forward_only=True, share_metrics=False)
     return outputs
+
+
+def from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    """The last pipeline stage's host `tensor` on every stage (the same shape everywhere): what
+    forward_outputs computed there, for decisions every stage makes alike. Collective over PP."""
+    group = mpu.get_pipeline_model_parallel_group()
+    buffer = tensor.to(comm_device(group))
+    dist.broadcast(buffer, src=mpu.get_pipeline_model_parallel_last_rank(), group=group)
+    return buffer.cpu()

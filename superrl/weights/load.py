@@ -17,7 +17,9 @@ def unwrap_model(model):
 
 
 def load_hf_weights(model, hf_dir: str, arch: ModelArch, padded_vocab: int) -> None:
-    """Fill this rank's shard of `model` from an HF checkpoint directory."""
+    """Fill this rank's shard of `model` from an HF checkpoint directory. A model that replaces the
+    LM head (the critic, models/value.py) names the mapped parameters it does not hold
+    (`hf_unused_params`) and the ones it initialises itself (`own_param_prefixes`)."""
     model = unwrap_model(model)
     reader = HFCheckpointReader(hf_dir)
     check_hf_checkpoint(reader, arch)
@@ -28,6 +30,8 @@ def load_hf_weights(model, hf_dir: str, arch: ModelArch, padded_vocab: int) -> N
     with torch.no_grad():
         for name, shard in mapping.hf_to_stage_state(reader, arch, tp_rank, tp_size, pp_rank, pp_size,
                                                      padded_vocab, model.uses_te_names):
+            if name in getattr(model, "hf_unused_params", ()):
+                continue
             if name not in params:
                 raise CheckpointError(f"model has no parameter {name!r} (mapping and model disagree)")
             if params[name].shape != shard.shape:
@@ -35,7 +39,7 @@ def load_hf_weights(model, hf_dir: str, arch: ModelArch, padded_vocab: int) -> N
                                       f"model expects {tuple(params[name].shape)}")
             params[name].copy_(shard)
             loaded.add(name)
-    left = set(params) - loaded
+    left = {n for n in set(params) - loaded if not n.startswith(getattr(model, "own_param_prefixes", ()))}
     if left:
         raise CheckpointError(f"parameters not covered by the weight mapping: {sorted(left)}")
 

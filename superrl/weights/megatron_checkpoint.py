@@ -153,7 +153,8 @@ TRAINING_STATE_KEYS = ("optimizer", "scheduler")
 # Model state a checkpoint may lack: the FP8 output layer's scaling state is absent from a model
 # converted from HF or trained with FP8 off, and then starts fresh (as on a first step). The other
 # way round, a checkpoint's FP8 state is not requested by a model without FP8, and stays on disk.
-OPTIONAL_STATE_PREFIXES = ("fp8_output_layer.",)
+# A policy checkpoint has no value head: a critic started from it keeps its own (models/value.py).
+OPTIONAL_STATE_PREFIXES = ("fp8_output_layer.", "value_head.")
 
 
 def load_dist_checkpoint(sharded_state_dict: dict, directory: str) -> dict:
