@@ -57,6 +57,8 @@ WORLDS = {  # name: (model fixture, overrides); every world has 2 ranks
     "dp2_bf16_selective": ("qwen", ["model.dtype=bfloat16", "model.recompute=selective"]),
     "tp2_sp_fp32_full_tied": ("llama", ["parallel.tp=2", "parallel.sequence_parallel=true", "model.recompute=full"]),
     "pp2_fp32_tied_overlap": ("llama", ["parallel.pp=2", "optim.overlap_grad_reduce=true"]),
+    # the critic drops the last stage's copy of the tied embedding and adds its value head
+    "pp2_tied_gae_critic": ("llama", ["parallel.pp=2", "algorithm.advantage=gae"]),
 }
 
 
@@ -78,6 +80,10 @@ def test_trainer_state_and_activations_match_the_real_model(world, request):
         assert 0 <= moments - rank["moments"] <= 2 * mp.FP32 * padding
         main = mp.FP32 * params.optimizer_shard if config.model.dtype == "bfloat16" else 0
         assert 0 <= main - rank["main_params"] <= mp.FP32 * padding * (config.model.dtype == "bfloat16")
+        if "critic_weights" in rank:
+            critic = mp.critic_stage_params(config, arch, lay, rank["pp_rank"])
+            assert mp.DTYPE_BYTES[config.model.dtype] * critic.total == rank["critic_weights"]
+            assert mp.FP32 * critic.grad_buffer == rank["critic_grads"]
         if "saved_activations" in rank:
             planned = mp.stage_saved_bytes(config, arch, lay, rank["pp_rank"], CPU_LOCAL_SPEC)
             tokens = mp.micro_batch(config, lay, rank["pp_rank"]).tokens
@@ -107,7 +113,7 @@ def test_mixed_precision_adam_costs_18_bytes_per_parameter_before_sharding(qwen_
     arch = load_arch(qwen_7b)
     lay = mp.layout(config, 8)
     params = mp.stage_params(config, arch, lay, 0)
-    state = sum(item.bytes for item in mp.trainer_state_items(config, params, lay)
+    state = sum(item.bytes for item in mp.trainer_state_items(config, arch, lay, 0)
                 if not item.name.startswith("reference"))
     assert 18 * params.total <= state <= 18 * params.grad_buffer
     padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)  # 152064: already a multiple

@@ -217,25 +217,52 @@ class StageParams(NamedTuple):
         return sum(self.numels)
 
 
-def stage_params(config: Config, arch: ModelArch, lay: Layout, stage: int) -> StageParams:
-    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
-    numels = stage_parameter_numels(arch, lay.tp, lay.pp, stage, padded_vocab)
-    grads = grad_buffer_numel(numels, config, lay.dp, stage == 0, shared_embedding_index(arch, lay.pp, stage, numels))
+def _stage_params(config: Config, lay: Layout, numels: list, first_stage: bool, shared: Optional[int]) -> StageParams:
+    grads = grad_buffer_numel(numels, config, lay.dp, first_stage, shared)
     shard = ceil_div(grads, lay.dp) if config.optim.use_distributed_optimizer else sum(numels)
     return StageParams(numels, grads, shard)
 
 
-def trainer_state_items(config: Config, params: StageParams, lay: Layout) -> list:
-    """Weights, gradients, optimizer state and the reference model of one rank."""
+def stage_params(config: Config, arch: ModelArch, lay: Layout, stage: int) -> StageParams:
+    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
+    numels = stage_parameter_numels(arch, lay.tp, lay.pp, stage, padded_vocab)
+    return _stage_params(config, lay, numels, stage == 0, shared_embedding_index(arch, lay.pp, stage, numels))
+
+
+def critic_stage_params(config: Config, arch: ModelArch, lay: Layout, stage: int) -> StageParams:
+    """The critic's (models/value.py, `algorithm.advantage=gae`): the policy's parameters less the
+    vocabulary output layer (or the last stage's copy of a tied embedding), plus the value head's
+    weight and bias on the last stage; its embedding is never shared across stages."""
+    padded_vocab = arch.padded_vocab_size(config.model.vocab_pad_multiple)
+    maps = stage_param_maps(arch, stage, lay.pp)
+    numels = [numel for (param_map, _, _), numel in zip(maps, stage_parameter_numels(arch, lay.tp, lay.pp, stage, padded_vocab))
+              if param_map.megatron != "output_layer.weight"]
+    if stage == lay.pp - 1:
+        numels.append(arch.hidden_size + 1)
+    return _stage_params(config, lay, numels, stage == 0, None)
+
+
+def model_state_items(label: str, config: Config, params: StageParams, lay: Layout) -> list:
+    """Weights, gradients and optimizer state of one trained model (`label`: trainer | critic) on one rank."""
     dtype, over = config.model.dtype, (f"1/DP={lay.dp}" if config.optim.use_distributed_optimizer else "not sharded")
-    weights = params.total * DTYPE_BYTES[dtype]
-    items = [Item(f"trainer weights ({_count(params.total)} params, {dtype})", weights, RESIDENT),
-             Item("gradients (fp32 grad buffer)", params.grad_buffer * FP32, RESIDENT)]
+    items = [Item(f"{label} weights ({_count(params.total)} params, {dtype})", params.total * DTYPE_BYTES[dtype], RESIDENT),
+             Item(f"{label} gradients (fp32 grad buffer)", params.grad_buffer * FP32, RESIDENT)]
     if dtype != "float32":  # fp32 training updates the weights themselves: no separate main copy
-        items.append(Item(f"optimizer: fp32 main params ({over})", params.optimizer_shard * FP32, RESIDENT))
-    items.append(Item(f"optimizer: Adam moments, 2 x fp32 ({over})", 2 * params.optimizer_shard * FP32, RESIDENT))
+        items.append(Item(f"{label} optimizer: fp32 main params ({over})", params.optimizer_shard * FP32, RESIDENT))
+    items.append(Item(f"{label} optimizer: Adam moments, 2 x fp32 ({over})", 2 * params.optimizer_shard * FP32, RESIDENT))
+    return items
+
+
+def trainer_state_items(config: Config, arch: ModelArch, lay: Layout, stage: int) -> list:
+    """What one rank keeps all run long: the policy's weights, gradients and optimizer state, the
+    reference model with a KL, the critic's with `algorithm.advantage=gae`."""
+    params = stage_params(config, arch, lay, stage)
+    items = model_state_items("trainer", config, params, lay)
     if config.algorithm.kl_coef > 0:
-        items.append(Item(f"reference model (kl_coef > 0, {dtype})", weights, RESIDENT))
+        items.append(Item(f"reference model (kl_coef > 0, {config.model.dtype})",
+                          params.total * DTYPE_BYTES[config.model.dtype], RESIDENT))
+    if config.algorithm.advantage == "gae":
+        items += model_state_items("critic", config, critic_stage_params(config, arch, lay, stage), lay)
     return items
 
 
@@ -514,7 +541,9 @@ def engine_on_stage(config: Config, stage: int) -> bool:
 
 def stage_plan(config: Config, arch: ModelArch, lay: Layout, stage: int, target: Target) -> MemoryPlan:
     params = stage_params(config, arch, lay, stage)
-    items = (trainer_state_items(config, params, lay) + activation_items(config, arch, lay, stage, target)
+    # the critic's forward, backward and step come after the actor's (their activations and
+    # temporaries are not held at once), and need no more: no vocabulary logits
+    items = (trainer_state_items(config, arch, lay, stage) + activation_items(config, arch, lay, stage, target)
              + update_items(config, params, target))
     problems, warnings = [], []
     if engine_on_stage(config, stage):

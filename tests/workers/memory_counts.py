@@ -1,7 +1,8 @@
 """Worker: what a real megatron model, DDP and DistributedOptimizer hold on this rank, counted from
 the tensors themselves, for tests/test_memory_plan.py to hold the memory plan against:
 
-* weights: numel x itemsize of the model's parameters; gradients: the DDP grad buffers;
+* weights: numel x itemsize of the model's parameters; gradients: the DDP grad buffers (also the
+  critic's, with algorithm.advantage=gae);
 * optimizer: after one SFT step, the torch Adam state (the two moments) and the fp32 main params
   (the optimizer's own tensors, i.e. those not living in the model's param buffer);
 * saved activations (first and only PP stage): the bytes of every distinct storage autograd saves
@@ -19,7 +20,7 @@ from sft_steps import fixed_batch
 from superrl.config import load_config, validate_launch
 from superrl.distributed import init_distributed, world_size_from_env
 from superrl.hf_config import load_arch
-from superrl.trainer.model_setup import build_train_state
+from superrl.trainer.model_setup import build_critic_state, build_train_state
 from superrl.trainer.step import MicroBatch, sft_loss_fn, train_step
 
 
@@ -71,6 +72,11 @@ def optimizer_bytes(state) -> dict:
     return {"main_params": main, "moments": moments}
 
 
+def held_bytes(state) -> dict:
+    return {"weights": sum(p.numel() * p.element_size() for p in state.model.parameters()),
+            "grads": sum(b.grad_data.numel() * b.grad_data.element_size() for b in state.model.buffers)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--hf-dir", required=True)
@@ -81,9 +87,9 @@ def main():
     validate_launch(config, arch, world_size_from_env())
     ctx = init_distributed(config.parallel.tp, config.parallel.pp, seed=0)
     state = build_train_state(config, arch)
-    result = {"pp_rank": ctx.pp_rank, "tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank,
-              "weights": sum(p.numel() * p.element_size() for p in state.model.parameters()),
-              "grads": sum(b.grad_data.numel() * b.grad_data.element_size() for b in state.model.buffers)}
+    result = {"pp_rank": ctx.pp_rank, "tp_rank": ctx.tp_rank, "dp_rank": ctx.dp_rank, **held_bytes(state)}
+    if config.algorithm.advantage == "gae":
+        result.update({f"critic_{key}": value for key, value in held_bytes(build_critic_state(config, arch)).items()})
     if ctx.pp_size == 1:
         result["saved_activations"] = saved_activation_bytes(state.model, config, arch)
     tokens, targets = fixed_batch(arch.vocab_size, n_seqs=2 * ctx.dp_size)
