@@ -130,18 +130,7 @@ class Trainer:
                                  pad_id=self.tokenizer.pad_token_id, uniform_width=self.ctx.pp_size > 1,
                                  max_tokens=self.config.optim.max_tokens_per_micro_batch)
         rows = batching.rollout_rows(examples, rollouts.response_ids)
-        rewards, shaping_metrics = shaped_rewards(self.config, rollouts, rows, self.features, self.state.model, pack)
-        critic_batch = None
-        if self.critic is not None:  # per-token GAE advantages [P, K, S] from the critic's values
-            critic_batch, kl_metrics = self.critic.estimate(rows, rewards, pack, self.state.model,
-                                                            self._reference_in_reward())
-            shaping_metrics.update(kl_metrics)
-            advantages = critic_batch.advantages.view(*rewards.shape, -1)
-            task_advantages = None  # adv_gate is refused with gae (config.check_critic_settings)
-        else:
-            advantages = self._advantages(rewards)
-            # the switch gates on the task reward (docs/policy_losses.md); adv_gate on its advantages
-            task_advantages = advantages if rewards is rollouts.rewards else self._advantages(rollouts.rewards)
+        advantages, task_advantages, critic_batch, shaping_metrics = self._estimate_advantages(rollouts, rows, pack)
         has_expert = torch.tensor([len(ex.expert_ids) > 0 for ex in examples])
         decision = self.switch.decide(rollouts.rewards, step=self.step, has_expert=has_expert,
                                       advantages=task_advantages, sources=[ex.data_source for ex in examples],
@@ -158,6 +147,20 @@ class Trainer:
             metrics.update(critic_batch.metrics(rows))
             metrics.update(self.critic.update(minis, critic_batch, pack))
         return metrics, decision, minis
+
+    def _estimate_advantages(self, rollouts, rows, pack) -> tuple:
+        """(advantages for the PG terms: [P, K], or [P, K, S] per token from the critic; the task
+        reward's advantages for adv_gate or None; the CriticBatch or None; reward-shaping metrics)."""
+        rewards, metrics = shaped_rewards(self.config, rollouts, rows, self.features, self.state.model, pack)
+        if self.critic is None:
+            advantages = self._advantages(rewards)
+            # the switch gates on the task reward (docs/policy_losses.md); adv_gate on its advantages
+            task_advantages = advantages if rewards is rollouts.rewards else self._advantages(rollouts.rewards)
+            return advantages, task_advantages, None, metrics
+        critic_batch, kl_metrics = self.critic.estimate(rows, rewards, pack, self.state.model,
+                                                        self._reference_in_reward())
+        # adv_gate is refused with gae (config.check_critic_settings): no task-reward advantages
+        return critic_batch.advantages.view(*rewards.shape, -1), None, critic_batch, {**metrics, **kl_metrics}
 
     def _reference_in_reward(self):
         """The ReferenceKL feature when the KL goes into the reward, else None."""
