@@ -21,6 +21,7 @@ import torch
 
 from superrl.algorithms.counts import ProcessGroup, all_reduce_max, all_reduce_sum, count_vector
 
+
 def correction_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
                        mode: str, cap: float) -> torch.Tensor:
     """[B, T] detached float64 weights w_t (module docstring); 1 outside `mask`, so padding never

@@ -158,10 +158,10 @@ def update_actor(state, cfg: AlgorithmConfig, minis: list, features: list, check
             for feature in features:
                 feature.after_update(metrics)
             history.append(metrics)
-    return {**_mean_over_steps(history), **mismatch}
+    return {**mean_over_steps(history), **mismatch}
 
 
-def _mean_over_steps(history: list) -> dict:
+def mean_over_steps(history: list) -> dict:
     """Each metric's mean over the optimizer steps; `step_applied` is 1 only when all were."""
     out = {key: sum(h[key] for h in history) / len(history) for key in history[0]}
     out["step_applied"] = float(min(h["step_applied"] for h in history))

@@ -25,6 +25,7 @@ from superrl.algorithms.policy_loss import aggregate
 from superrl.algorithms.value_loss import clipped_value_loss
 from superrl.config import Config
 from superrl.hf_config import ModelArch
+from superrl.trainer.actor_update import mean_over_steps
 from superrl.trainer.batching import ROLLOUT, RowSet, target_mask, to_row_layout, token_width
 from superrl.trainer.model_setup import build_critic_state
 from superrl.trainer.step import IGNORE, forward_outputs, from_last_stage, train_step
@@ -96,10 +97,9 @@ class Critic:
                 counts = global_token_counts(target_mask(mini.rollout.rows), mpu.get_data_parallel_group())
                 loss_fn = self._loss_fn(batch.old_values[span], batch.returns[span], counts)
                 history.append(train_step(self.state, pack(mini.rollout.rows), loss_fn))
-        out = {key: sum(h[key] for h in history) / len(history) for key in history[0] if key.startswith("critic/")}
-        out["critic/grad_norm"] = sum(h["grad_norm"] for h in history) / len(history)
-        out["critic/lr"] = self.state.optimizer.param_groups[0]["lr"]
-        return out
+        means = mean_over_steps(history)
+        return {**{key: value for key, value in means.items() if key.startswith("critic/")},
+                "critic/grad_norm": means["grad_norm"], "critic/lr": self.state.optimizer.param_groups[0]["lr"]}
 
     def _loss_fn(self, old_values: torch.Tensor, returns: torch.Tensor, counts):
         """The micro-batch's share of the clipped value loss, and of the clipped tokens' fraction."""
